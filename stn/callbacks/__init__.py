@@ -1,0 +1,3 @@
+from stn.callbacks.transform_grid import TransformGridLogger
+
+__all__ = ["TransformGridLogger"]

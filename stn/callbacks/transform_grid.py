@@ -1,0 +1,78 @@
+"""Logs, every validation epoch, the same validation digits before and after the spatial transformer."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from torchvision.utils import make_grid
+
+from stn.models.localization import IDENTITY_THETA
+
+
+class TransformGridLogger(L.Callback):
+    """Writes one image per validation epoch: the input grid on the left, the transformed grid on the
+    right, de-normalised with the data's mean/std. With `log_theta`, also how far theta is from the
+    identity and the mean scale it applies (its determinant), as scalars.
+
+    The batch is the first `num_images` of the (unshuffled) validation set, so epochs are comparable.
+    """
+
+    def __init__(
+        self,
+        num_images: int = 32,
+        nrow: int = 8,
+        mean: float = 0.0,
+        std: float = 1.0,
+        log_theta: bool = True,
+        tag: str = "val/transformed",
+    ) -> None:
+        self.num_images = num_images
+        self.nrow = nrow
+        self.mean = mean
+        self.std = std
+        self.log_theta = log_theta
+        self.tag = tag
+        self.images: torch.Tensor | None = None
+
+    def _experiment(self, trainer: L.Trainer):
+        for logger in trainer.loggers:
+            if isinstance(logger, TensorBoardLogger):
+                return logger.experiment
+        return None
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.images is None or len(self.images) < self.num_images:
+            images = batch[0][: self.num_images].detach()
+            self.images = images if self.images is None else torch.cat([self.images, images])[: self.num_images]
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or self.images is None or not trainer.is_global_zero:
+            return
+        net = pl_module.net
+        if getattr(net, "transformer", None) is None:
+            rank_zero_warn("TransformGridLogger: the model has no spatial transformer; nothing to log")
+            return
+        experiment = self._experiment(trainer)
+        if experiment is None:
+            rank_zero_warn("TransformGridLogger: no TensorBoard logger; nothing to log")
+            return
+        images = self.images.to(pl_module.device)
+        was_training = net.training
+        net.eval()
+        with torch.no_grad():
+            transformed, theta = net.transform(images)
+        net.train(was_training)
+        pair = torch.stack([images, transformed]).cpu() * self.std + self.mean  # (2, N, C, H, W)
+        grids = [make_grid(part.clamp(0, 1), nrow=self.nrow, padding=2, pad_value=1.0) for part in pair]
+        separator = torch.ones(grids[0].shape[0], grids[0].shape[1], 4)
+        side_by_side = torch.cat([grids[0], separator, grids[1]], dim=2)  # (C, H, 2W + 4)
+        step = trainer.global_step
+        experiment.add_image(self.tag, side_by_side, global_step=step)
+        if self.log_theta:
+            identity = torch.tensor(IDENTITY_THETA, device=theta.device).view(1, 2, 3)
+            distance = (theta - identity).flatten(1).norm(dim=1).mean()
+            scale = torch.linalg.det(theta[:, :, :2]).mean()
+            experiment.add_scalar("val/theta_distance_from_identity", distance.item(), step)
+            experiment.add_scalar("val/theta_scale", scale.item(), step)

@@ -1,0 +1,59 @@
+"""Test a checkpoint: `python -m stn.eval ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt`.
+
+When the checkpoint sits in a run folder of this project, the model config that trained it is read
+from that run's `.hydra/config.yaml`, so `model=` need not be repeated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from stn.utils.checks import ConfigError, check_config
+from stn.utils.instantiators import instantiate_loggers, report_user_errors
+
+os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
+log = logging.getLogger(__name__)
+
+
+def run_config(checkpoint: Path) -> DictConfig | None:
+    """The config of the run that wrote `checkpoint` (<run>/checkpoints/x.ckpt), if it is there."""
+    saved = checkpoint.resolve().parent.parent / ".hydra" / "config.yaml"
+    return OmegaConf.load(saved) if saved.is_file() else None
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    checkpoint = Path(str(cfg.ckpt_path))
+    if not checkpoint.is_file():
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a checkpoint file")
+    saved = run_config(checkpoint)
+    if saved is not None and cfg.get("model_from_run", True):
+        log.info("Using the model config of the run that wrote %s", checkpoint)
+        cfg.model = saved.model
+        for key in ("mean", "std"):
+            cfg.data[key] = saved.data.get(key, cfg.data[key])
+    check_config(cfg)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_loggers(cfg.get("logger")))
+    trainer.test(model, datamodule=datamodule, ckpt_path=str(checkpoint))
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    log.info("Test metrics of %s:\n%s", checkpoint, json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval.yaml")
+@report_user_errors
+def main(cfg: DictConfig) -> float | None:
+    return evaluate(cfg).get("test/acc")
+
+
+if __name__ == "__main__":
+    main()

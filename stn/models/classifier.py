@@ -1,0 +1,66 @@
+"""The tutorial's CNN classifier, and the STN classifier that puts a spatial transformer in front of it."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from stn.models.transformer import SpatialTransformer
+
+
+class ConvClassifier(nn.Module):
+    """Conv(1,10,k5) -> Pool -> ReLU -> Conv(10,20,k5) -> Dropout2d -> Pool -> ReLU
+    -> Linear(320,50) -> ReLU -> Dropout -> Linear(50,10): the PyTorch STN tutorial's classifier."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        num_classes: int = 10,
+        channels: tuple[int, int] = (10, 20),
+        hidden: int = 50,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__()
+        first, second = channels
+        feature_size = ((image_size - 4) // 2 - 4) // 2
+        if feature_size < 1:
+            raise ValueError(f"image_size={image_size} is too small for the classifier: need >= 16")
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, first, kernel_size=5),
+            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(first, second, kernel_size=5),
+            nn.Dropout2d(dropout),
+            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),  # (N, second * S * S), 320 for 28x28
+            nn.Linear(second * feature_size * feature_size, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
+class STNClassifier(nn.Module):
+    """An optional spatial transformer followed by a classifier; without one it is the CNN baseline."""
+
+    def __init__(self, classifier: nn.Module, transformer: SpatialTransformer | None = None) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.classifier = classifier
+
+    def transform(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The images the classifier sees, and theta (None without a transformer)."""
+        if self.transformer is None:
+            return images, None
+        return self.transformer(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        transformed, _ = self.transform(images)
+        return self.classifier(transformed)

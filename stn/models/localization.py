@@ -1,0 +1,91 @@
+"""Localization network: regresses the 6 affine parameters theta from the input image."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+POOL = 2
+
+
+def feature_map_sizes(
+    image_size: int, kernel_sizes: Sequence[int], paddings: Sequence[int]
+) -> list[int]:
+    """Spatial size after each conv -> maxpool(2) block, stopping at the first that vanishes."""
+    sizes = []
+    size = image_size
+    for kernel, padding in zip(kernel_sizes, paddings):
+        size = (size + 2 * padding - kernel + 1) // POOL
+        if size < 1:
+            break
+        sizes.append(size)
+    return sizes
+
+
+def max_depth(image_size: int, kernel_sizes: Sequence[int], paddings: Sequence[int]) -> int:
+    """The deepest stack of blocks whose feature map is still at least 1x1 for this input."""
+    return len(feature_map_sizes(image_size, kernel_sizes, paddings))
+
+
+class LocalizationNet(nn.Module):
+    """A stack of `depth` conv -> maxpool(2) -> ReLU blocks, then a small MLP that outputs theta.
+
+    The defaults reproduce the PyTorch STN tutorial at depth 2:
+    Conv(1,8,k7) -> Pool -> ReLU -> Conv(8,10,k5) -> Pool -> ReLU -> Linear(90,32) -> ReLU -> Linear(32,6).
+    `channels`, `kernel_sizes` and `paddings` list one entry per possible block; the first `depth`
+    are used. The last layer starts at zero weight and identity bias, so the transformer starts as
+    the identity and the classifier first sees the untouched input.
+    """
+
+    def __init__(
+        self,
+        depth: int = 2,
+        in_channels: int = 1,
+        image_size: int = 28,
+        channels: Sequence[int] = (8, 10, 16, 32),
+        kernel_sizes: Sequence[int] = (7, 5, 3, 3),
+        paddings: Sequence[int] = (0, 0, 1, 1),
+        hidden: int = 32,
+    ) -> None:
+        super().__init__()
+        if not len(channels) == len(kernel_sizes) == len(paddings):
+            raise ValueError(
+                "channels, kernel_sizes and paddings need one entry per block, got "
+                f"{len(channels)}, {len(kernel_sizes)} and {len(paddings)}"
+            )
+        deepest = max_depth(image_size, kernel_sizes, paddings)
+        if not 1 <= depth <= deepest:
+            raise ValueError(
+                f"depth={depth} does not fit a {image_size}x{image_size} input: "
+                f"allowed range is 1..{deepest}"
+            )
+        blocks: list[nn.Module] = []
+        width = in_channels
+        for out_channels, kernel, padding in zip(
+            channels[:depth], kernel_sizes[:depth], paddings[:depth]
+        ):
+            blocks += [
+                nn.Conv2d(width, out_channels, kernel_size=kernel, padding=padding),
+                nn.MaxPool2d(POOL, stride=POOL),
+                nn.ReLU(inplace=True),
+            ]
+            width = out_channels
+        self.features = nn.Sequential(*blocks)
+        final_size = feature_map_sizes(image_size, kernel_sizes, paddings)[depth - 1]
+        self.regressor = nn.Sequential(
+            nn.Flatten(),  # (N, C * S * S)
+            nn.Linear(width * final_size * final_size, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, 6),
+        )
+        theta_layer = self.regressor[-1]
+        nn.init.zeros_(theta_layer.weight)
+        with torch.no_grad():
+            theta_layer.bias.copy_(torch.tensor(IDENTITY_THETA))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) images -> (N, 2, 3) affine matrices theta."""
+        return self.regressor(self.features(images)).view(-1, 2, 3)  # (N, 2, 3)

@@ -1,0 +1,77 @@
+"""Train (then test) a model: `python -m stn.train model=stn trainer.max_epochs=20`.
+
+Compose the config, check it, instantiate data, model, callbacks, loggers and trainer, fit, test
+with the best checkpoint, and return the metric a sweeper optimises.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import hydra
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from stn.utils.checks import check_config
+from stn.utils.instantiators import instantiate_callbacks, instantiate_loggers, report_user_errors
+
+os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
+log = logging.getLogger(__name__)
+
+
+def _floats(metrics: dict) -> dict[str, float]:
+    return {name: float(value) for name, value in metrics.items()}
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit and test as `cfg` says; returns every logged metric and writes them to metrics.json."""
+    check_config(cfg)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+
+    log.info("Instantiating data <%s>, model <%s>", cfg.data._target_, cfg.model._target_)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    metrics: dict[str, float] = {}
+    if cfg.get("train", True):
+        start = time.perf_counter()
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        metrics["time/fit_seconds"] = time.perf_counter() - start
+        metrics.update(_floats(trainer.callback_metrics))
+
+    if cfg.get("test", True):
+        checkpoint = trainer.checkpoint_callback
+        best = checkpoint.best_model_path if checkpoint is not None else ""
+        if not best:
+            log.warning("No best checkpoint (fast_dev_run or no ModelCheckpoint): testing the current weights")
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        metrics.update(_floats(trainer.callback_metrics))
+        metrics["best_model_path"] = best  # type: ignore[assignment]
+
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    log.info("Final metrics:\n%s", json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
+@report_user_errors
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    return metrics.get(cfg.get("optimized_metric"))
+
+
+if __name__ == "__main__":
+    main()

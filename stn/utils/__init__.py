@@ -1,0 +1,3 @@
+from stn.utils.checks import ConfigError, check_config
+
+__all__ = ["ConfigError", "check_config"]

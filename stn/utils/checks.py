@@ -1,0 +1,70 @@
+"""Checks on a composed config, run before anything is built, so bad values stop the run at once
+with the key and its allowed range instead of failing inside the first training step."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from stn.models.localization import max_depth
+
+
+class ConfigError(ValueError):
+    """A config value is outside what the run can use."""
+
+
+def _select(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key, default=None)
+
+
+def _require(cfg: DictConfig, key: str, ok, allowed: str) -> None:
+    value = _select(cfg, key)
+    if value is not None and not ok(value):
+        raise ConfigError(f"{key}={value} is out of range: allowed {allowed}")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_localization(cfg: DictConfig) -> None:
+    localization = _select(cfg, "model.localization")
+    if localization is None:
+        return
+    image_size = localization.get("image_size", 28)
+    kernel_sizes = list(localization.get("kernel_sizes", (7, 5, 3, 3)))
+    paddings = list(localization.get("paddings", (0, 0, 1, 1)))
+    channels = list(localization.get("channels", (8, 10, 16, 32)))
+    deepest = min(max_depth(image_size, kernel_sizes, paddings), len(channels))
+    depth = localization.get("depth")
+    if not _is_int(depth) or not 1 <= depth <= deepest:
+        raise ConfigError(
+            f"model.localization.depth={depth} is out of range: allowed 1..{deepest} for a "
+            f"{image_size}x{image_size} input (each block is conv -> maxpool(2), and a deeper stack "
+            "shrinks the feature map below 1x1)"
+        )
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    accelerator = str(_select(cfg, "trainer.accelerator") or "auto").lower()
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.accelerator={accelerator} asks for a CUDA GPU, but this machine has none "
+            "(torch.cuda.is_available() is False); use trainer=cpu or trainer=default."
+        )
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise ConfigError naming the first key whose value the run cannot use."""
+    check_localization(cfg)
+    _require(cfg, "model.optimizer.lr", lambda v: v > 0, "> 0")
+    _require(cfg, "model.optimizer.weight_decay", lambda v: v >= 0, ">= 0")
+    _require(cfg, "model.optimizer.momentum", lambda v: 0 <= v < 1, "[0, 1)")
+    _require(cfg, "model.localization_lr_scale", lambda v: v >= 0, ">= 0")
+    _require(cfg, "data.batch_size", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+    _require(cfg, "data.num_workers", lambda v: _is_int(v) and v >= 0, "integers >= 0")
+    _require(cfg, "data.val_size", lambda v: _is_int(v) and 1 <= v < 60_000, "1..59999")
+    _require(cfg, "data.train_subset", lambda v: _is_int(v) and v >= 1, "integers >= 1 or null")
+    _require(cfg, "data.test_subset", lambda v: _is_int(v) and v >= 1, "integers >= 1 or null")
+    _require(cfg, "trainer.max_epochs", lambda v: _is_int(v) and (v >= 1 or v == -1), "integers >= 1, or -1")
+    check_accelerator(cfg)

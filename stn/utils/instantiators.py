@@ -1,0 +1,61 @@
+"""What the entry points share: building callbacks and loggers from config groups, and reporting
+a bad config or missing data as one sentence instead of a traceback."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from lightning import Callback
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig
+
+from stn.data.mnist import MNISTDataError
+from stn.utils.checks import ConfigError
+
+log = logging.getLogger(__name__)
+
+USER_ERRORS = (ConfigError, MNISTDataError)
+
+
+def instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate every entry of a config group that has a `_target_` (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
+
+
+def instantiate_callbacks(group: DictConfig | None) -> list[Callback]:
+    return instantiate_group(group)
+
+
+def instantiate_loggers(group: DictConfig | None) -> list[Logger]:
+    return instantiate_group(group)
+
+
+def _in_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def report_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """A bad config value or missing data ends a single run with one clear sentence (exit code 1).
+    In a multirun the error is logged and re-raised, so Hydra marks that job failed and the
+    other jobs of the sweep still run."""
+
+    @functools.wraps(task)
+    def wrapped(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except USER_ERRORS as error:
+            log.error("%s", error)
+            if _in_multirun():
+                raise
+            sys.exit(f"error: {error}")
+
+    return wrapped
