@@ -43,7 +43,11 @@ class STNLitModule(L.LightningModule):
         compile: bool = False,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(logger=False, ignore=["classifier", "localization"])
+        # modules and factories stay out of the checkpoint's hparams so it loads with weights_only;
+        # the full config is in the run folder (.hydra/config.yaml) and the logger's hparams
+        self.save_hyperparameters(logger=False, ignore=["classifier", "localization", "optimizer", "scheduler"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
         transformer = None
         if localization is not None:
             # raw background 0 after normalisation; see SpatialTransformer
@@ -106,19 +110,22 @@ class STNLitModule(L.LightningModule):
         """The classifier's parameters, and the localization net's as a group of its own."""
         transformer = self.net.transformer
         if transformer is None:
-            return [{"params": list(self.net.parameters())}]
+            return [{"params": list(self.net.parameters()), "name": "classifier"}]
         localization_ids = {id(p) for p in transformer.parameters()}
         rest = [p for p in self.net.parameters() if id(p) not in localization_ids]
-        return [{"params": rest}, {"params": list(transformer.parameters()), "name": "localization"}]
+        return [
+            {"params": rest, "name": "classifier"},
+            {"params": list(transformer.parameters()), "name": "localization"},
+        ]
 
     def configure_optimizers(self) -> dict[str, Any]:
-        optimizer = self.hparams.optimizer(params=self.parameter_groups())
+        optimizer = self.optimizer_factory(params=self.parameter_groups())
         for group in optimizer.param_groups:
             if group.get("name") == "localization":
                 group["lr"] *= self.hparams.localization_lr_scale
-        if self.hparams.scheduler is None:
+        if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.hparams.scheduler(optimizer=optimizer)
+        scheduler = self.scheduler_factory(optimizer=optimizer)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},

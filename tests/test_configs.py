@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+from lightning import LightningDataModule, LightningModule, Trainer
+from omegaconf import DictConfig
+
+from stn.utils import ConfigError, check_config
+from stn.utils.instantiators import instantiate_callbacks, instantiate_loggers
+
+from .conftest import CONF_DIR, compose_config, small_run
+
+
+def options(group: str) -> list[str]:
+    return sorted(path.stem for path in (CONF_DIR / group).glob("*.yaml"))
+
+
+GROUP_OVERRIDES = [
+    f"{group}={option}"
+    for group in ("data", "model", "callbacks", "logger", "trainer", "debug", "experiment")
+    for option in options(group)
+]
+
+
+def instantiate_all(cfg: DictConfig) -> None:
+    assert isinstance(instantiate(cfg.data), LightningDataModule)
+    assert isinstance(instantiate(cfg.model), LightningModule)
+    callbacks = instantiate_callbacks(cfg.get("callbacks"))
+    loggers = instantiate_loggers(cfg.get("logger"))
+    assert isinstance(instantiate(cfg.trainer, callbacks=callbacks, logger=loggers), Trainer)
+
+
+def test_every_group_has_options():
+    for group in ("data", "model", "callbacks", "logger", "trainer", "paths", "hydra", "debug", "experiment"):
+        assert options(group), group
+    assert {"stn", "cnn"} <= set(options("model"))
+    assert {"default", "cpu", "gpu"} <= set(options("trainer"))
+
+
+@pytest.mark.parametrize("override", GROUP_OVERRIDES)
+def test_every_config_composes_and_instantiates(override: str, tmp_path: Path, mnist_dir: Path):
+    cfg = compose_config("train.yaml", [override])
+    if override == "trainer=gpu" and not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="trainer.accelerator=gpu asks for a CUDA GPU"):
+            check_config(cfg)
+        return
+    cfg = small_run(cfg, tmp_path, mnist_dir)
+    check_config(cfg)
+    instantiate_all(cfg)
+
+
+def test_eval_config_composes(tmp_path: Path, mnist_dir: Path):
+    cfg = small_run(compose_config("eval.yaml", ["ckpt_path=some.ckpt"]), tmp_path, mnist_dir)
+    assert cfg.ckpt_path == "some.ckpt"
+    instantiate(cfg.model)
+    instantiate(cfg.trainer)
+
+
+def test_tutorial_experiment_is_the_tutorial():
+    cfg = compose_config("train.yaml", ["experiment=tutorial"])
+    assert cfg.model.optimizer.lr == 0.01 and cfg.model.optimizer.momentum == 0.0
+    assert cfg.model.scheduler is None and cfg.model.localization_lr_scale == 1.0
+    assert cfg.data.batch_size == 64 and cfg.trainer.max_epochs == 20
+    assert cfg.model.localization.depth == 2
+
+
+def test_cnn_has_no_localization():
+    model = instantiate(compose_config("train.yaml", ["model=cnn"]).model)
+    assert model.net.transformer is None
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("model.localization.depth=4", r"model.localization.depth=4 is out of range: allowed 1\.\.3"),
+        ("model.localization.depth=0", r"model.localization.depth=0 is out of range: allowed 1\.\.3"),
+        ("model.optimizer.lr=-0.01", r"model.optimizer.lr=-0.01 is out of range: allowed > 0"),
+        ("data.batch_size=0", r"data.batch_size=0 is out of range"),
+        ("data.val_size=60000", r"data.val_size=60000 is out of range: allowed 1\.\.59999"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key_and_range(override: str, message: str):
+    with pytest.raises(ConfigError, match=message):
+        check_config(compose_config("train.yaml", [override]))
+
+
+def test_deeper_localization_fits_a_larger_input():
+    cfg = compose_config("train.yaml", ["model.localization.depth=4", "model.localization.image_size=60"])
+    check_config(cfg)

@@ -1,0 +1,80 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stn.models import ConvClassifier, LocalizationNet, SpatialTransformer, STNClassifier, max_depth
+from stn.models.localization import IDENTITY_THETA
+
+BACKGROUND = -0.1307 / 0.3081  # normalised MNIST background
+
+
+def make_stn(depth: int = 2, fill_value: float = BACKGROUND) -> STNClassifier:
+    return STNClassifier(ConvClassifier(), SpatialTransformer(LocalizationNet(depth=depth), fill_value=fill_value))
+
+
+def test_identity_initialised_transformer_returns_its_input():
+    torch.manual_seed(0)
+    images = torch.randn(8, 1, 28, 28)
+    transformer = SpatialTransformer(LocalizationNet(), fill_value=BACKGROUND)
+    transformed, theta = transformer(images)
+    assert torch.allclose(theta, torch.tensor(IDENTITY_THETA).view(1, 2, 3).expand(8, 2, 3))
+    assert torch.allclose(transformed, images, atol=1e-5)
+
+
+def test_the_tutorial_layout_at_depth_two():
+    localization = LocalizationNet(depth=2)
+    convs = [m for m in localization.features if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 8, (7, 7)), (8, 10, (5, 5))]
+    linears = [m for m in localization.regressor if isinstance(m, torch.nn.Linear)]
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(90, 32), (32, 6)]
+    assert torch.count_nonzero(linears[-1].weight) == 0
+
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_output_shapes_for_every_depth(depth: int):
+    model = make_stn(depth)
+    images = torch.randn(5, 1, 28, 28)
+    transformed, theta = model.transform(images)
+    assert theta.shape == (5, 2, 3)
+    assert transformed.shape == images.shape
+    assert model(images).shape == (5, 10)
+
+
+def test_depths_that_cannot_fit_the_input_are_rejected():
+    assert max_depth(28, [7, 5, 3, 3], [0, 0, 1, 1]) == 3
+    with pytest.raises(ValueError, match=r"allowed range is 1\.\.3"):
+        LocalizationNet(depth=4)
+    with pytest.raises(ValueError, match=r"allowed range is 1\.\.3"):
+        LocalizationNet(depth=0)
+
+
+def test_gradients_reach_every_localization_parameter():
+    torch.manual_seed(0)
+    model = make_stn()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    images, labels = torch.randn(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    # the last layer starts at zero weight, so the first step only moves it; the second reaches all
+    for _ in range(2):
+        optimizer.zero_grad()
+        F.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+    for name, parameter in model.transformer.localization.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_zooming_out_keeps_the_background_value():
+    background = torch.full((2, 1, 28, 28), BACKGROUND)
+    zoom_out = torch.tensor([[2.0, 0, 0], [0, 2.0, 0]]).expand(2, 2, 3)
+    padded = SpatialTransformer(LocalizationNet(), fill_value=BACKGROUND).warp(background, zoom_out)
+    assert torch.allclose(padded, background, atol=1e-6)
+    # the trap the fill value avoids: grid_sample's zero padding paints a bright frame
+    zero_padded = SpatialTransformer(LocalizationNet(), fill_value=0.0).warp(background, zoom_out)
+    assert zero_padded[..., 0, 0].allclose(torch.zeros(2, 1))
+
+
+def test_cnn_baseline_has_no_transformer():
+    model = STNClassifier(ConvClassifier())
+    images = torch.randn(3, 1, 28, 28)
+    transformed, theta = model.transform(images)
+    assert theta is None and transformed is images
+    assert model(images).shape == (3, 10)

@@ -1,0 +1,108 @@
+"""The entry points as a researcher runs them: `python -m stn.train ...` in a subprocess, on a
+small subset of real MNIST."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.core.hydra_config import HydraConfig
+
+from stn.train import train
+
+from .conftest import ROOT
+
+SMALL = [
+    "data.train_subset=2048",
+    "data.test_subset=256",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_val_batches=2",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
+
+def run(module: str, *overrides: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "STN_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    process = subprocess.run(
+        [sys.executable, "-m", module, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    if check and process.returncode != 0:
+        pytest.fail(f"{module} {' '.join(overrides)} exited {process.returncode}:\n{process.stderr[-4000:]}")
+    return process
+
+
+def test_train_in_process_returns_metrics(cfg_train):
+    HydraConfig().set_config(cfg_train)
+    metrics = train(cfg_train)
+    assert 0.0 <= metrics["test/acc"] <= 1.0
+    assert {"train/loss", "train/acc", "val/acc", "val/acc_best", "test/loss"} <= set(metrics)
+
+
+def test_train_subprocess_ends_with_checkpoint_metrics_and_events(tmp_path: Path, mnist_dir: Path):
+    run_dir = tmp_path / "run"
+    run("stn.train", *SMALL, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", data_dir=mnist_dir)
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert list((run_dir / "checkpoints").glob("epoch_*.ckpt"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test/acc"] > 0.3  # 2 small epochs of real MNIST already beat chance by far
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+
+    # resume from the last checkpoint for one more epoch, then test the checkpoint with stn.eval
+    resumed = tmp_path / "resumed"
+    run(
+        "stn.train", *SMALL, "trainer.max_epochs=3", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={resumed}", data_dir=mnist_dir,
+    )
+    state = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert state["epoch"] == 2  # epochs 0 and 1 from the first run, epoch 2 after resuming
+
+    evaluated = run(
+        "stn.eval", f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}", "data.test_subset=256",
+        "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'eval'}", data_dir=mnist_dir,
+    )
+    assert "test/acc" in evaluated.stdout
+
+
+def test_bad_config_stops_with_one_sentence(tmp_path: Path, mnist_dir: Path):
+    process = run("stn.train", "model.localization.depth=7", f"hydra.run.dir={tmp_path}", data_dir=mnist_dir, check=False)
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert "model.localization.depth=7 is out of range: allowed 1..3" in process.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_gpu_trainer_without_gpu_is_one_sentence(tmp_path: Path, mnist_dir: Path):
+    process = run("stn.train", "trainer=gpu", f"hydra.run.dir={tmp_path}", data_dir=mnist_dir, check=False)
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert "asks for a CUDA GPU, but this machine has none" in process.stderr
+
+
+def test_missing_data_stops_with_the_path(tmp_path: Path):
+    empty = tmp_path / "empty"
+    process = run(
+        "stn.train", *SMALL, "data.download=false", f"hydra.run.dir={tmp_path / 'run'}", data_dir=empty, check=False
+    )
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert f"MNIST not found in {empty / 'MNIST' / 'raw'}" in process.stderr
+
+
+def test_multirun_makes_one_folder_per_job_and_survives_a_failing_job(tmp_path: Path, mnist_dir: Path):
+    sweep_dir = tmp_path / "sweep"
+    process = run(
+        "stn.train", "--multirun", *SMALL, "model.localization.depth=1,2,9", f"hydra.sweep.dir={sweep_dir}",
+        data_dir=mnist_dir, check=False,
+    )
+    for job in ("0", "1"):
+        assert (sweep_dir / job / "metrics.json").is_file(), process.stderr[-3000:]
+        assert (sweep_dir / job / "checkpoints" / "last.ckpt").is_file()
+    # the third job is rejected at start and reported; the sweep as a whole fails
+    assert process.returncode != 0
+    assert "model.localization.depth=9 is out of range" in (sweep_dir / "2" / "train.log").read_text()
+    assert not (sweep_dir / "2" / "metrics.json").exists()
