@@ -19,11 +19,18 @@ RAW_FILES = [name for name, _ in MNIST.resources]
 
 
 def _mnist_source() -> Path:
-    """Where the official MNIST files are on this machine: $STN_MNIST_RAW, ../shared (CI), or data/."""
+    """Where the official MNIST files are on this machine: $STN_MNIST_RAW, ../shared (CI), data/,
+    or, failing those, torchvision's download into data/."""
     candidates = [os.environ.get("STN_MNIST_RAW"), ROOT.parent / "shared/data/MNIST/raw", ROOT / "data/MNIST/raw"]
     for candidate in candidates:
         if candidate and all((Path(candidate) / name).is_file() for name in RAW_FILES):
             return Path(candidate)
+    try:  # a machine with internet: torchvision's own download into the project's data/
+        MNIST(ROOT / "data", train=True, download=True)
+        MNIST(ROOT / "data", train=False, download=True)
+        return ROOT / "data/MNIST/raw"
+    except RuntimeError:
+        pass
     raise RuntimeError(
         f"The tests need the four official MNIST files ({', '.join(RAW_FILES)}); none of "
         f"{[str(c) for c in candidates if c]} holds them. Set STN_MNIST_RAW to their folder."
