@@ -36,8 +36,15 @@ def run_once(name: str, overrides: list[str], seed: int, out_root: Path, threads
     run_dir = out_root / name / f"seed{seed}"
     metrics_file = run_dir / "metrics.json"
     if not metrics_file.exists():
-        command = [sys.executable, "-m", "stn.train", *overrides, f"seed={seed}", f"hydra.run.dir={run_dir}",
-                   "callbacks.progress_bar.refresh_rate=0"]
+        command = [
+            sys.executable,
+            "-m",
+            "stn.train",
+            *overrides,
+            f"seed={seed}",
+            f"hydra.run.dir={run_dir}",
+            "callbacks.progress_bar.refresh_rate=0",
+        ]
         print("$", " ".join(command[1:]), flush=True)
         start = time.perf_counter()
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
@@ -56,7 +63,9 @@ def summarise(values: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
@@ -84,8 +93,11 @@ def main() -> None:
                 statistics.mean(r["time/fit_seconds"] for r in results) / 60,
             )
         )
-    print(f"\nMachine: {describe_machine()}; seeds {args.seeds}; {args.jobs} run(s) at a time"
-          + (f", {threads} thread(s) each" if threads else "") + "\n")
+    print(
+        f"\nMachine: {describe_machine()}; seeds {args.seeds}; {args.jobs} run(s) at a time"
+        + (f", {threads} thread(s) each" if threads else "")
+        + "\n"
+    )
     print("| run | overrides | test acc % mean ± std (min–max) | per seed | fit time (min, mean) |")
     print("| --- | --- | --- | --- | --- |")
     for name, overrides, summary, per_seed, minutes in rows:

@@ -64,8 +64,12 @@ def time_loop(batches, steps: int, warmup: int) -> float:
 
 def tutorial_pipeline(data_dir: Path, num_workers: int, steps: int, warmup: int) -> float:
     dataset = datasets.MNIST(
-        data_dir, train=True, download=True,
-        transform=transforms.Compose([transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]),
+        data_dir,
+        train=True,
+        download=True,
+        transform=transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize((MNIST_MEAN,), (MNIST_STD,))]
+        ),
     )
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=num_workers)
     return time_loop(iter(loader), steps, warmup)
@@ -105,8 +109,9 @@ class StepTimer(L.Callback):
 
 
 def project_path(data_dir: Path, steps: int, warmup: int, overrides: list[str]) -> float:
-    with tempfile.TemporaryDirectory() as output_dir, initialize_config_dir(
-        version_base="1.3", config_dir=str(ROOT / "conf")
+    with (
+        tempfile.TemporaryDirectory() as output_dir,
+        initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")),
     ):
         cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
         with open_dict(cfg):
@@ -129,23 +134,35 @@ def project_path(data_dir: Path, steps: int, warmup: int, overrides: list[str]) 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
-    parser.add_argument("--overrides", nargs="*", default=["trainer.accelerator=cpu"],
-                        help="overrides for the project's config (c)")
+    parser.add_argument(
+        "--overrides",
+        nargs="*",
+        default=["trainer.accelerator=cpu"],
+        help="overrides for the project's config (c)",
+    )
     args = parser.parse_args()
 
     datamodule = MNISTDataModule(data_dir=str(args.data_dir))
     datamodule.prepare_data()
     datamodule.setup("fit")
     pipelines = {
-        "(a) tutorial pipeline, num_workers=4": lambda: tutorial_pipeline(args.data_dir, 4, args.steps, args.warmup),
-        "(a) tutorial pipeline, num_workers=0": lambda: tutorial_pipeline(args.data_dir, 0, args.steps, args.warmup),
+        "(a) tutorial pipeline, num_workers=4": lambda: tutorial_pipeline(
+            args.data_dir, 4, args.steps, args.warmup
+        ),
+        "(a) tutorial pipeline, num_workers=0": lambda: tutorial_pipeline(
+            args.data_dir, 0, args.steps, args.warmup
+        ),
         "(b) plain loop, in-memory tensors": lambda: in_memory_loop(datamodule, args.steps, args.warmup),
-        "(c) project default (stn.train)": lambda: project_path(args.data_dir, args.steps, args.warmup, args.overrides),
+        "(c) project default (stn.train)": lambda: project_path(
+            args.data_dir, args.steps, args.warmup, args.overrides
+        ),
     }
     results: dict[str, list[float]] = {name: [] for name in pipelines}
     for round_ in range(args.repeats):
@@ -156,8 +173,10 @@ def main() -> None:
 
     median = {name: statistics.median(values) for name, values in results.items()}
     tutorial = max(v for k, v in median.items() if k.startswith("(a)"))
-    print(f"\nMachine: {describe_machine()}; batch {BATCH}, {args.steps} timed steps after {args.warmup}, "
-          f"median of {args.repeats} interleaved rounds\n")
+    print(
+        f"\nMachine: {describe_machine()}; batch {BATCH}, {args.steps} timed steps after {args.warmup}, "
+        f"median of {args.repeats} interleaved rounds\n"
+    )
     print("| pipeline | images/s (median) | all rounds | vs tutorial (best a) |")
     print("| --- | --- | --- | --- |")
     for name, value in median.items():

@@ -54,7 +54,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
         if not best:
-            log.warning("No best checkpoint (fast_dev_run or no ModelCheckpoint): testing the current weights")
+            log.warning(
+                "No best checkpoint (fast_dev_run or no ModelCheckpoint): testing the current weights"
+            )
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(_floats(trainer.callback_metrics))
         metrics["best_model_path"] = best  # type: ignore[assignment]

@@ -21,7 +21,11 @@ RAW_FILES = [name for name, _ in MNIST.resources]
 def _mnist_source() -> Path:
     """Where the official MNIST files are on this machine: $STN_MNIST_RAW, ../shared (CI), data/,
     or, failing those, torchvision's download into data/."""
-    candidates = [os.environ.get("STN_MNIST_RAW"), ROOT.parent / "shared/data/MNIST/raw", ROOT / "data/MNIST/raw"]
+    candidates = [
+        os.environ.get("STN_MNIST_RAW"),
+        ROOT.parent / "shared/data/MNIST/raw",
+        ROOT / "data/MNIST/raw",
+    ]
     for candidate in candidates:
         if candidate and all((Path(candidate) / name).is_file() for name in RAW_FILES):
             return Path(candidate)

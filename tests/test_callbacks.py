@@ -13,8 +13,14 @@ def test_grid_logger_writes_images_that_read_back(cfg_train, tmp_path: Path):
     logger = L.pytorch.loggers.TensorBoardLogger(save_dir=str(tmp_path), name="tb", version="")
     callback = TransformGridLogger(num_images=16, nrow=4, mean=0.1307, std=0.3081)
     trainer = L.Trainer(
-        accelerator="cpu", max_epochs=2, limit_train_batches=3, limit_val_batches=2,
-        callbacks=[callback], logger=logger, enable_checkpointing=False, enable_progress_bar=False,
+        accelerator="cpu",
+        max_epochs=2,
+        limit_train_batches=3,
+        limit_val_batches=2,
+        callbacks=[callback],
+        logger=logger,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
     )
     trainer.fit(model, datamodule=datamodule)
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0}).Reload()

@@ -9,7 +9,9 @@ BACKGROUND = -0.1307 / 0.3081  # normalised MNIST background
 
 
 def make_stn(depth: int = 2, fill_value: float = BACKGROUND) -> STNClassifier:
-    return STNClassifier(ConvClassifier(), SpatialTransformer(LocalizationNet(depth=depth), fill_value=fill_value))
+    return STNClassifier(
+        ConvClassifier(), SpatialTransformer(LocalizationNet(depth=depth), fill_value=fill_value)
+    )
 
 
 def test_identity_initialised_transformer_returns_its_input():
@@ -24,7 +26,10 @@ def test_identity_initialised_transformer_returns_its_input():
 def test_the_tutorial_layout_at_depth_two():
     localization = LocalizationNet(depth=2)
     convs = [m for m in localization.features if isinstance(m, torch.nn.Conv2d)]
-    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [(1, 8, (7, 7)), (8, 10, (5, 5))]
+    assert [(c.in_channels, c.out_channels, c.kernel_size) for c in convs] == [
+        (1, 8, (7, 7)),
+        (8, 10, (5, 5)),
+    ]
     linears = [m for m in localization.regressor if isinstance(m, torch.nn.Linear)]
     assert [(lin.in_features, lin.out_features) for lin in linears] == [(90, 32), (32, 6)]
     assert torch.count_nonzero(linears[-1].weight) == 0

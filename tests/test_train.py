@@ -28,7 +28,12 @@ SMALL = [
 def run(module: str, *overrides: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "STN_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
     process = subprocess.run(
-        [sys.executable, "-m", module, *overrides], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", module, *overrides],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if check and process.returncode != 0:
         pytest.fail(f"{module} {' '.join(overrides)} exited {process.returncode}:\n{process.stderr[-4000:]}")
@@ -55,21 +60,35 @@ def test_train_subprocess_ends_with_checkpoint_metrics_and_events(tmp_path: Path
     # resume from the last checkpoint for one more epoch, then test the checkpoint with stn.eval
     resumed = tmp_path / "resumed"
     run(
-        "stn.train", *SMALL, "trainer.max_epochs=3", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
-        f"hydra.run.dir={resumed}", data_dir=mnist_dir,
+        "stn.train",
+        *SMALL,
+        "trainer.max_epochs=3",
+        f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}",
+        f"hydra.run.dir={resumed}",
+        data_dir=mnist_dir,
     )
     state = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 2  # epochs 0 and 1 from the first run, epoch 2 after resuming
 
     evaluated = run(
-        "stn.eval", f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}", "data.test_subset=256",
-        "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'eval'}", data_dir=mnist_dir,
+        "stn.eval",
+        f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}",
+        "data.test_subset=256",
+        "trainer.accelerator=cpu",
+        f"hydra.run.dir={tmp_path / 'eval'}",
+        data_dir=mnist_dir,
     )
     assert "test/acc" in evaluated.stdout
 
 
 def test_bad_config_stops_with_one_sentence(tmp_path: Path, mnist_dir: Path):
-    process = run("stn.train", "model.localization.depth=7", f"hydra.run.dir={tmp_path}", data_dir=mnist_dir, check=False)
+    process = run(
+        "stn.train",
+        "model.localization.depth=7",
+        f"hydra.run.dir={tmp_path}",
+        data_dir=mnist_dir,
+        check=False,
+    )
     assert process.returncode == 1
     assert "Traceback" not in process.stderr
     assert "model.localization.depth=7 is out of range: allowed 1..3" in process.stderr
@@ -86,7 +105,12 @@ def test_gpu_trainer_without_gpu_is_one_sentence(tmp_path: Path, mnist_dir: Path
 def test_missing_data_stops_with_the_path(tmp_path: Path):
     empty = tmp_path / "empty"
     process = run(
-        "stn.train", *SMALL, "data.download=false", f"hydra.run.dir={tmp_path / 'run'}", data_dir=empty, check=False
+        "stn.train",
+        *SMALL,
+        "data.download=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        data_dir=empty,
+        check=False,
     )
     assert process.returncode == 1
     assert "Traceback" not in process.stderr
@@ -96,8 +120,13 @@ def test_missing_data_stops_with_the_path(tmp_path: Path):
 def test_multirun_makes_one_folder_per_job_and_survives_a_failing_job(tmp_path: Path, mnist_dir: Path):
     sweep_dir = tmp_path / "sweep"
     process = run(
-        "stn.train", "--multirun", *SMALL, "model.localization.depth=1,2,9", f"hydra.sweep.dir={sweep_dir}",
-        data_dir=mnist_dir, check=False,
+        "stn.train",
+        "--multirun",
+        *SMALL,
+        "model.localization.depth=1,2,9",
+        f"hydra.sweep.dir={sweep_dir}",
+        data_dir=mnist_dir,
+        check=False,
     )
     for job in ("0", "1"):
         assert (sweep_dir / job / "metrics.json").is_file(), process.stderr[-3000:]

@@ -45,7 +45,9 @@ class TransformGridLogger(L.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
         if self.images is None or len(self.images) < self.num_images:
             images = batch[0][: self.num_images].detach()
-            self.images = images if self.images is None else torch.cat([self.images, images])[: self.num_images]
+            self.images = (
+                images if self.images is None else torch.cat([self.images, images])[: self.num_images]
+            )
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or self.images is None or not trainer.is_global_zero:

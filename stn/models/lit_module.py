@@ -45,7 +45,9 @@ class STNLitModule(L.LightningModule):
         super().__init__()
         # modules and factories stay out of the checkpoint's hparams so it loads with weights_only;
         # the full config is in the run folder (.hydra/config.yaml) and the logger's hparams
-        self.save_hyperparameters(logger=False, ignore=["classifier", "localization", "optimizer", "scheduler"])
+        self.save_hyperparameters(
+            logger=False, ignore=["classifier", "localization", "optimizer", "scheduler"]
+        )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         transformer = None

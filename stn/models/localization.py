@@ -11,13 +11,11 @@ IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 POOL = 2
 
 
-def feature_map_sizes(
-    image_size: int, kernel_sizes: Sequence[int], paddings: Sequence[int]
-) -> list[int]:
+def feature_map_sizes(image_size: int, kernel_sizes: Sequence[int], paddings: Sequence[int]) -> list[int]:
     """Spatial size after each conv -> maxpool(2) block, stopping at the first that vanishes."""
     sizes = []
     size = image_size
-    for kernel, padding in zip(kernel_sizes, paddings):
+    for kernel, padding in zip(kernel_sizes, paddings, strict=True):
         size = (size + 2 * padding - kernel + 1) // POOL
         if size < 1:
             break
@@ -59,13 +57,12 @@ class LocalizationNet(nn.Module):
         deepest = max_depth(image_size, kernel_sizes, paddings)
         if not 1 <= depth <= deepest:
             raise ValueError(
-                f"depth={depth} does not fit a {image_size}x{image_size} input: "
-                f"allowed range is 1..{deepest}"
+                f"depth={depth} does not fit a {image_size}x{image_size} input: allowed range is 1..{deepest}"
             )
         blocks: list[nn.Module] = []
         width = in_channels
         for out_channels, kernel, padding in zip(
-            channels[:depth], kernel_sizes[:depth], paddings[:depth]
+            channels[:depth], kernel_sizes[:depth], paddings[:depth], strict=True
         ):
             blocks += [
                 nn.Conv2d(width, out_channels, kernel_size=kernel, padding=padding),

@@ -35,7 +35,12 @@ def check_localization(cfg: DictConfig) -> None:
     kernel_sizes = list(localization.get("kernel_sizes", (7, 5, 3, 3)))
     paddings = list(localization.get("paddings", (0, 0, 1, 1)))
     channels = list(localization.get("channels", (8, 10, 16, 32)))
-    deepest = min(max_depth(image_size, kernel_sizes, paddings), len(channels))
+    if not len(channels) == len(kernel_sizes) == len(paddings):
+        raise ConfigError(
+            "model.localization.channels, .kernel_sizes and .paddings need one entry per block, got "
+            f"{len(channels)}, {len(kernel_sizes)} and {len(paddings)}"
+        )
+    deepest = max_depth(image_size, kernel_sizes, paddings)
     depth = localization.get("depth")
     if not _is_int(depth) or not 1 <= depth <= deepest:
         raise ConfigError(
