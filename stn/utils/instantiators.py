@@ -53,8 +53,8 @@ def report_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfi
         try:
             return task(cfg)
         except USER_ERRORS as error:
-            log.error("%s", error)
             if _in_multirun():
+                log.error("%s", error)  # into this job's log; Hydra reports the job as failed
                 raise
             sys.exit(f"error: {error}")
 
