@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from stn.utils.checks import ConfigError, check_config
-from stn.utils.instantiators import instantiate_loggers, report_user_errors
+from stn.utils.instantiators import instantiate_loggers, user_errors_reported
 
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
 log = logging.getLogger(__name__)
@@ -50,9 +50,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval.yaml")
-@report_user_errors
 def main(cfg: DictConfig) -> float | None:
-    return evaluate(cfg).get("test/acc")
+    with user_errors_reported():
+        metrics = evaluate(cfg)
+    return metrics.get("test/acc")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from stn.utils.checks import check_config
-from stn.utils.instantiators import instantiate_callbacks, instantiate_loggers, report_user_errors
+from stn.utils.instantiators import instantiate_callbacks, instantiate_loggers, user_errors_reported
 
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
 log = logging.getLogger(__name__)
@@ -69,9 +69,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
-@report_user_errors
 def main(cfg: DictConfig) -> float | None:
-    metrics = train(cfg)
+    with user_errors_reported():
+        metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric"))
 
 

@@ -3,10 +3,10 @@ a bad config or missing data as one sentence instead of a traceback."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -43,19 +43,15 @@ def _in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def report_user_errors(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+@contextmanager
+def user_errors_reported() -> Iterator[None]:
     """A bad config value or missing data ends a single run with one clear sentence (exit code 1).
     In a multirun the error is logged and re-raised, so Hydra marks that job failed and the
     other jobs of the sweep still run."""
-
-    @functools.wraps(task)
-    def wrapped(cfg: DictConfig) -> Any:
-        try:
-            return task(cfg)
-        except USER_ERRORS as error:
-            if _in_multirun():
-                log.error("%s", error)  # into this job's log; Hydra reports the job as failed
-                raise
-            sys.exit(f"error: {error}")
-
-    return wrapped
+    try:
+        yield
+    except USER_ERRORS as error:
+        if _in_multirun():
+            log.error("%s", error)  # into this job's log; Hydra reports the job as failed
+            raise
+        sys.exit(f"error: {error}")
