@@ -1,0 +1,3 @@
+from stn.data.mnist import MNIST_MEAN, MNIST_STD, MNISTDataError, MNISTDataModule
+
+__all__ = ["MNIST_MEAN", "MNIST_STD", "MNISTDataError", "MNISTDataModule"]
