@@ -18,7 +18,17 @@ def options(group: str) -> list[str]:
 
 GROUP_OVERRIDES = [
     f"{group}={option}"
-    for group in ("data", "model", "callbacks", "logger", "trainer", "debug", "experiment")
+    for group in (
+        "data",
+        "model",
+        "model/optimizer",
+        "model/scheduler",
+        "callbacks",
+        "logger",
+        "trainer",
+        "debug",
+        "experiment",
+    )
     for option in options(group)
 ]
 
@@ -35,6 +45,7 @@ def test_every_group_has_options():
     for group in ("data", "model", "callbacks", "logger", "trainer", "paths", "hydra", "debug", "experiment"):
         assert options(group), group
     assert {"stn", "cnn"} <= set(options("model"))
+    assert {"sgd", "adam"} <= set(options("model/optimizer"))
     assert {"default", "cpu", "gpu"} <= set(options("trainer"))
 
 
