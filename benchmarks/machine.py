@@ -12,5 +12,5 @@ def describe_machine() -> str:
     if torch.cuda.is_available():
         device = torch.cuda.get_device_name(0)
     else:
-        device = f"CPU only, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+        device = f"CPU only, {os.cpu_count()} cores"
     return f"{platform.machine()} {device}; torch {torch.__version__}; Python {platform.python_version()}"

@@ -28,8 +28,9 @@ def _floats(metrics: dict) -> dict[str, float]:
     return {name: float(value) for name, value in metrics.items()}
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit and test as `cfg` says; returns every logged metric and writes them to metrics.json."""
+def train(cfg: DictConfig) -> dict[str, float | str]:
+    """Fit and test as `cfg` says; returns every logged metric (and `best_model_path`) and writes
+    them to the run folder's metrics.json."""
     check_config(cfg)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
@@ -43,7 +44,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
-    metrics: dict[str, float] = {}
+    metrics: dict[str, float | str] = {}
     if cfg.get("train", True):
         start = time.perf_counter()
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -59,7 +60,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             )
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update(_floats(trainer.callback_metrics))
-        metrics["best_model_path"] = best  # type: ignore[assignment]
+        metrics["best_model_path"] = best
 
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
