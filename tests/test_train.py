@@ -135,3 +135,12 @@ def test_multirun_makes_one_folder_per_job_and_survives_a_failing_job(tmp_path: 
     assert process.returncode != 0
     assert "model.localization.depth=9 is out of range" in (sweep_dir / "2" / "train.log").read_text()
     assert not (sweep_dir / "2" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("debug", ["fdr", "limit"])
+def test_debug_configs_run(debug: str, tmp_path: Path, mnist_dir: Path):
+    run_dir = tmp_path / debug
+    run(
+        "stn.train", f"debug={debug}", "data.train_subset=640", f"hydra.run.dir={run_dir}", data_dir=mnist_dir
+    )
+    assert "test/acc" in json.loads((run_dir / "metrics.json").read_text())
