@@ -40,7 +40,6 @@ class STNLitModule(L.LightningModule):
         input_mean: float = 0.0,
         input_std: float = 1.0,
         num_classes: int = 10,
-        compile: bool = False,
     ) -> None:
         super().__init__()
         # modules and factories stay out of the checkpoint's hparams so it loads with weights_only;
@@ -67,10 +66,6 @@ class STNLitModule(L.LightningModule):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
-
-    def setup(self, stage: str) -> None:
-        if self.hparams.compile and stage == "fit":
-            self.net = torch.compile(self.net)
 
     def on_train_start(self) -> None:
         # the sanity check's validation must not count towards the best accuracy
