@@ -34,7 +34,7 @@ from torchvision import datasets, transforms
 from benchmarks.machine import describe_machine
 from stn.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
 from stn.models import ConvClassifier, LocalizationNet, SpatialTransformer, STNClassifier
-from stn.utils.instantiators import instantiate_callbacks, instantiate_loggers
+from stn.utils.instantiators import instantiate_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -126,8 +126,8 @@ def project_path(data_dir: Path, steps: int, warmup: int, overrides: list[str]) 
         timer = StepTimer(steps, warmup)
         trainer = instantiate(
             cfg.trainer,
-            callbacks=[*instantiate_callbacks(cfg.callbacks), timer],
-            logger=instantiate_loggers(cfg.logger),
+            callbacks=[*instantiate_group(cfg.callbacks), timer],
+            logger=instantiate_group(cfg.logger),
         )
         trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
         return timer.images_per_second

@@ -17,7 +17,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from stn.utils.checks import ConfigError, check_config
-from stn.utils.instantiators import instantiate_loggers, user_errors_reported
+from stn.utils.instantiators import instantiate_group, user_errors_reported
 
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_config(cfg)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_loggers(cfg.get("logger")))
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")))
     trainer.test(model, datamodule=datamodule, ckpt_path=str(checkpoint))
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     log.info("Test metrics of %s:\n%s", checkpoint, json.dumps(metrics, indent=2, sort_keys=True))

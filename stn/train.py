@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from stn.utils.checks import check_config
-from stn.utils.instantiators import instantiate_callbacks, instantiate_loggers, user_errors_reported
+from stn.utils.instantiators import instantiate_group, user_errors_reported
 
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
     log.info("Instantiating data <%s>, model <%s>", cfg.data._target_, cfg.model._target_)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))

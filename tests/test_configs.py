@@ -7,7 +7,7 @@ from lightning import LightningDataModule, LightningModule, Trainer
 from omegaconf import DictConfig
 
 from stn.utils import ConfigError, check_config
-from stn.utils.instantiators import instantiate_callbacks, instantiate_loggers
+from stn.utils.instantiators import instantiate_group
 
 from .conftest import CONF_DIR, compose_config, small_run
 
@@ -36,8 +36,8 @@ GROUP_OVERRIDES = [
 def instantiate_all(cfg: DictConfig) -> None:
     assert isinstance(instantiate(cfg.data), LightningDataModule)
     assert isinstance(instantiate(cfg.model), LightningModule)
-    callbacks = instantiate_callbacks(cfg.get("callbacks"))
-    loggers = instantiate_loggers(cfg.get("logger"))
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
     assert isinstance(instantiate(cfg.trainer, callbacks=callbacks, logger=loggers), Trainer)
 
 

@@ -12,8 +12,6 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning import Callback
-from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from stn.data.mnist import MNISTDataError
@@ -25,18 +23,10 @@ USER_ERRORS = (ConfigError, MNISTDataError)
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
-    """Instantiate every entry of a config group that has a `_target_` (callbacks, loggers)."""
+    """Instantiate every entry of a config group that has a `_target_`: the callbacks, the loggers."""
     if not group:
         return []
     return [instantiate(entry) for entry in group.values() if entry and "_target_" in entry]
-
-
-def instantiate_callbacks(group: DictConfig | None) -> list[Callback]:
-    return instantiate_group(group)
-
-
-def instantiate_loggers(group: DictConfig | None) -> list[Logger]:
-    return instantiate_group(group)
 
 
 def _in_multirun() -> bool:
