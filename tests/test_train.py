@@ -40,6 +40,12 @@ def run(module: str, *overrides: str, data_dir: Path, check: bool = True) -> sub
     return process
 
 
+def assert_one_sentence_error(process: subprocess.CompletedProcess, message: str) -> None:
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert message in process.stderr
+
+
 def test_train_in_process_returns_metrics(cfg_train):
     HydraConfig().set_config(cfg_train)
     metrics = train(cfg_train)
@@ -89,17 +95,13 @@ def test_bad_config_stops_with_one_sentence(tmp_path: Path, mnist_dir: Path):
         data_dir=mnist_dir,
         check=False,
     )
-    assert process.returncode == 1
-    assert "Traceback" not in process.stderr
-    assert "model.localization.depth=7 is out of range: allowed 1..3" in process.stderr
+    assert_one_sentence_error(process, "model.localization.depth=7 is out of range: allowed 1..3")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_gpu_trainer_without_gpu_is_one_sentence(tmp_path: Path, mnist_dir: Path):
     process = run("stn.train", "trainer=gpu", f"hydra.run.dir={tmp_path}", data_dir=mnist_dir, check=False)
-    assert process.returncode == 1
-    assert "Traceback" not in process.stderr
-    assert "asks for a CUDA GPU, but this machine has none" in process.stderr
+    assert_one_sentence_error(process, "asks for a CUDA GPU, but this machine has none")
 
 
 def test_missing_data_stops_with_the_path(tmp_path: Path):
@@ -112,9 +114,7 @@ def test_missing_data_stops_with_the_path(tmp_path: Path):
         data_dir=empty,
         check=False,
     )
-    assert process.returncode == 1
-    assert "Traceback" not in process.stderr
-    assert f"MNIST not found in {empty / 'MNIST' / 'raw'}" in process.stderr
+    assert_one_sentence_error(process, f"MNIST not found in {empty / 'MNIST' / 'raw'}")
 
 
 def test_multirun_makes_one_folder_per_job_and_survives_a_failing_job(tmp_path: Path, mnist_dir: Path):

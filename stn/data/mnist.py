@@ -98,8 +98,8 @@ class MNISTDataModule(L.LightningDataModule):
                 continue
             if not path.exists():
                 problems.append(f"{filename} is missing")
-            elif _md5(path) != md5:
-                problems.append(f"{filename} is corrupt (md5 {_md5(path)}, expected {md5})")
+            elif (found := _md5(path)) != md5:
+                problems.append(f"{filename} is corrupt (md5 {found}, expected {md5})")
         detail = "; ".join(problems) or "the files could not be read"
         message = (
             f"MNIST not found in {self.raw_dir}: {detail}. Expected the four official files "

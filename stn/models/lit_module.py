@@ -105,15 +105,10 @@ class STNLitModule(L.LightningModule):
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The classifier's parameters, and the localization net's as a group of its own."""
-        transformer = self.net.transformer
-        if transformer is None:
-            return [{"params": list(self.net.parameters()), "name": "classifier"}]
-        localization_ids = {id(p) for p in transformer.parameters()}
-        rest = [p for p in self.net.parameters() if id(p) not in localization_ids]
-        return [
-            {"params": rest, "name": "classifier"},
-            {"params": list(transformer.parameters()), "name": "localization"},
-        ]
+        groups = [{"params": list(self.net.classifier.parameters()), "name": "classifier"}]
+        if self.net.transformer is not None:
+            groups.append({"params": list(self.net.transformer.parameters()), "name": "localization"})
+        return groups
 
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.parameter_groups())

@@ -9,6 +9,10 @@ from torch import nn
 
 IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 POOL = 2
+# one entry per possible block; the first two are the tutorial's
+DEFAULT_CHANNELS = (8, 10, 16, 32)
+DEFAULT_KERNEL_SIZES = (7, 5, 3, 3)
+DEFAULT_PADDINGS = (0, 0, 1, 1)
 
 
 def feature_map_sizes(image_size: int, kernel_sizes: Sequence[int], paddings: Sequence[int]) -> list[int]:
@@ -43,9 +47,9 @@ class LocalizationNet(nn.Module):
         depth: int = 2,
         in_channels: int = 1,
         image_size: int = 28,
-        channels: Sequence[int] = (8, 10, 16, 32),
-        kernel_sizes: Sequence[int] = (7, 5, 3, 3),
-        paddings: Sequence[int] = (0, 0, 1, 1),
+        channels: Sequence[int] = DEFAULT_CHANNELS,
+        kernel_sizes: Sequence[int] = DEFAULT_KERNEL_SIZES,
+        paddings: Sequence[int] = DEFAULT_PADDINGS,
         hidden: int = 32,
     ) -> None:
         super().__init__()

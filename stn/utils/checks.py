@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from stn.models.localization import max_depth
+from stn.models.localization import DEFAULT_CHANNELS, DEFAULT_KERNEL_SIZES, DEFAULT_PADDINGS, max_depth
 
 
 class ConfigError(ValueError):
@@ -32,9 +32,9 @@ def check_localization(cfg: DictConfig) -> None:
     if localization is None:
         return
     image_size = localization.get("image_size", 28)
-    kernel_sizes = list(localization.get("kernel_sizes", (7, 5, 3, 3)))
-    paddings = list(localization.get("paddings", (0, 0, 1, 1)))
-    channels = list(localization.get("channels", (8, 10, 16, 32)))
+    kernel_sizes = list(localization.get("kernel_sizes", DEFAULT_KERNEL_SIZES))
+    paddings = list(localization.get("paddings", DEFAULT_PADDINGS))
+    channels = list(localization.get("channels", DEFAULT_CHANNELS))
     if not len(channels) == len(kernel_sizes) == len(paddings):
         raise ConfigError(
             "model.localization.channels, .kernel_sizes and .paddings need one entry per block, got "
