@@ -1,49 +1,132 @@
-"""MNIST as a LightningDataModule that decodes the dataset once and serves normalised in-memory tensors."""
+"""MNIST as a LightningDataModule: decoded once, held as uint8 tensors, batched by tensor indexing.
+
+Two ways to serve batches, chosen by `fast_path`:
+
+- fast path (default): the uint8 images live on the training device; each epoch is a permutation
+  sliced into batches there, normalised per batch on the device (`DeviceBatches`). No DataLoader,
+  no workers, no per-sample Python, no host-to-device copy per step.
+- plain path: a DataLoader over the same tensors on the CPU (`InMemoryImages.__getitems__`
+  fetches a whole batch with one index), the batches then copied to the device by Lightning.
+
+Both draw their order from the same `EpochShuffle` and normalise with the same `normalize`, so
+they give identical batches for the same seed (tests/test_datamodule.py).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import MNIST
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 TRAIN_SIZE = 60_000
 
+Batch = tuple[torch.Tensor, torch.Tensor]
+
 
 class MNISTDataError(RuntimeError):
     """MNIST is missing or corrupt where it was expected."""
 
 
-class InMemoryImages(Dataset):
-    """Normalised images and labels held as two tensors.
+def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """uint8 pixels (N, 1, H, W) -> float32 (x / 255 - mean) / std, on the tensor's own device."""
+    return images.float().div_(255).sub_(mean).div_(std)
 
-    `__getitems__` lets the DataLoader fetch a whole batch with one tensor index instead of
-    one Python call and one collate per sample.
+
+class EpochShuffle(Sampler[int]):
+    """A fresh permutation each epoch, drawn from (seed, epoch) alone.
+
+    Lightning calls `set_epoch` at the start of every training epoch, so the order depends on
+    neither the device nor the global RNG: the fast and the plain path see the same batches, and a
+    run resumed at epoch k sees the order an uninterrupted run would have.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
-        self.images = images  # (N, 1, H, W) float32, normalised
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def permutation(self) -> torch.Tensor:
+        generator = torch.Generator().manual_seed((self.seed % 2**32) * 2**20 + self.epoch)
+        return torch.randperm(self.size, generator=generator)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.permutation().tolist())
+
+    def __len__(self) -> int:
+        return self.size
+
+
+class InMemoryImages(Dataset):
+    """uint8 images and int64 labels as two tensors (on any device), normalised per batch.
+
+    `__getitems__` lets a DataLoader fetch a whole batch with one tensor index instead of one
+    Python call and one collate per sample.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float) -> None:
+        if images.dtype != torch.uint8:
+            raise TypeError(f"images must be uint8 pixels, got {images.dtype}")
+        self.images = images  # (N, 1, H, W) uint8
         self.labels = labels  # (N,) int64
+        self.mean, self.std = mean, std
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.images[index], self.labels[index]
+    def batch(self, index: torch.Tensor | slice) -> Batch:
+        return normalize(self.images[index], self.mean, self.std), self.labels[index]
 
-    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        index = torch.as_tensor(indices)
-        return self.images[index], self.labels[index]
+    def __getitem__(self, index: int) -> Batch:
+        images, label = self.batch(slice(index, index + 1))
+        return images[0], label[0]
+
+    def __getitems__(self, indices: list[int]) -> Batch:
+        return self.batch(torch.as_tensor(indices))
+
+    def to(self, device: torch.device) -> InMemoryImages:
+        if self.images.device == device:
+            return self
+        return InMemoryImages(self.images.to(device), self.labels.to(device), self.mean, self.std)
 
 
-def keep_batch(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def keep_batch(batch: Batch) -> Batch:
     """Collate for `InMemoryImages.__getitems__`, whose batches are already stacked."""
     return batch
+
+
+class DeviceBatches:
+    """Batches sliced from an `InMemoryImages` that lives on the training device.
+
+    An iterable with a length, which Lightning accepts in place of a DataLoader; `sampler` is
+    where Lightning finds `set_epoch`. Without a sampler the order is fixed (validation, test) and
+    each batch is a view, not a copy.
+    """
+
+    def __init__(self, dataset: InMemoryImages, batch_size: int, sampler: EpochShuffle | None = None) -> None:
+        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
+        self.batch_sampler = None  # what Lightning looks for on a DataLoader
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self) -> Iterator[Batch]:
+        size, step = len(self.dataset), self.batch_size
+        if self.sampler is None:
+            for first in range(0, size, step):
+                yield self.dataset.batch(slice(first, first + step))
+            return
+        order = self.sampler.permutation().to(self.dataset.images.device)  # (N,) one copy per epoch
+        for first in range(0, size, step):
+            yield self.dataset.batch(order[first : first + step])
 
 
 def _md5(path: Path) -> str:
@@ -56,6 +139,8 @@ class MNISTDataModule(L.LightningDataModule):
     `prepare_data` uses torchvision's own download, which skips files already in
     `<data_dir>/MNIST/raw/` whose md5 matches, so a copied download cache works offline.
     `train_subset` / `test_subset` take the first N of each split (for tests and smoke runs).
+    `shuffle_seed` fixes the training order; None draws it from the global RNG (so `seed_everything`
+    sets it).
     """
 
     image_size = 28
@@ -75,12 +160,15 @@ class MNISTDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         train_subset: int | None = None,
         test_subset: int | None = None,
+        fast_path: bool = True,
+        shuffle_seed: int | None = None,
     ) -> None:
         super().__init__()
         if not 0 < val_size < TRAIN_SIZE:
             raise ValueError(f"val_size must be in 1..{TRAIN_SIZE - 1}, got {val_size}")
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
+        self.shuffle_seed = shuffle_seed
         self.train_set: InMemoryImages | None = None
         self.val_set: InMemoryImages | None = None
         self.test_set: InMemoryImages | None = None
@@ -124,9 +212,10 @@ class MNISTDataModule(L.LightningDataModule):
             dataset = MNIST(self.data_dir, train=train, download=False)
         except (RuntimeError, OSError, EOFError) as error:
             raise MNISTDataError(self._missing_message()) from error
-        images = dataset.data.unsqueeze(1).float().div_(255)  # (N, 1, 28, 28) in [0, 1]
-        images = images.sub_(self.hparams.mean).div_(self.hparams.std)
-        return images, dataset.targets
+        return dataset.data.unsqueeze(1), dataset.targets  # (N, 1, 28, 28) uint8, (N,) int64
+
+    def _images(self, images: torch.Tensor, labels: torch.Tensor) -> InMemoryImages:
+        return InMemoryImages(images, labels, self.hparams.mean, self.hparams.std)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit", "validate") and self.train_set is None:
@@ -135,31 +224,43 @@ class MNISTDataModule(L.LightningDataModule):
             order = torch.randperm(len(labels), generator=generator)
             val_index, train_index = order[: self.hparams.val_size], order[self.hparams.val_size :]
             train_index = train_index[: self.hparams.train_subset]
-            self.train_set = InMemoryImages(images[train_index], labels[train_index])
-            self.val_set = InMemoryImages(images[val_index], labels[val_index])
+            self.train_set = self._images(images[train_index], labels[train_index])
+            self.val_set = self._images(images[val_index], labels[val_index])
         if stage in (None, "test", "predict") and self.test_set is None:
             images, labels = self._load(train=False)
             subset = self.hparams.test_subset
-            self.test_set = InMemoryImages(images[:subset], labels[:subset])
+            self.test_set = self._images(images[:subset], labels[:subset])
+        if self.shuffle_seed is None:
+            self.shuffle_seed = int(torch.randint(2**31 - 1, ()).item())
 
-    def _loader(self, dataset: InMemoryImages | None, shuffle: bool) -> DataLoader:
+    @property
+    def device(self) -> torch.device:
+        """Where the fast path keeps the data: the trainer's device, or the CPU without a trainer."""
+        if self.trainer is None:
+            return torch.device("cpu")
+        return self.trainer.strategy.root_device
+
+    def _loader(self, dataset: InMemoryImages | None, shuffle: bool) -> DataLoader | DeviceBatches:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
+        sampler = EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None
+        if self.hparams.fast_path:
+            return DeviceBatches(dataset.to(self.device), self.hparams.batch_size, sampler)
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.hparams.num_workers,
             collate_fn=keep_batch,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=self.hparams.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.val_set, shuffle=False)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.test_set, shuffle=False)

@@ -12,6 +12,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from stn.models.acceleration import compile_failure, compile_mode_for, to_channels_last
 from stn.models.classifier import STNClassifier
 from stn.models.transformer import SpatialTransformer
 
@@ -25,6 +26,12 @@ class STNLitModule(L.LightningModule):
     `optimizer` and `scheduler` are factories (Hydra partials) that get the parameter groups and
     the optimizer. The localization net is its own parameter group with its learning rate scaled
     by `localization_lr_scale`: a smaller step keeps theta from jumping early in training.
+
+    The training step never waits for the device: metrics accumulate on it (no per-step
+    `.item()`, no input validation), epoch metrics are computed once per epoch, and the per-step
+    loss is a device tensor that Lightning reads only every `trainer.log_every_n_steps`.
+    `channels_last` and `compile` (`compile_mode="reduce-overhead"` adds CUDA graphs) are speed
+    options; see benchmarks/ for what each is worth.
     """
 
     def __init__(
@@ -40,6 +47,9 @@ class STNLitModule(L.LightningModule):
         input_mean: float = 0.0,
         input_std: float = 1.0,
         num_classes: int = 10,
+        channels_last: bool = True,
+        compile: bool = False,
+        compile_mode: str = "default",
     ) -> None:
         super().__init__()
         # modules and factories stay out of the checkpoint's hparams so it loads with weights_only;
@@ -56,16 +66,41 @@ class STNLitModule(L.LightningModule):
             transformer = SpatialTransformer(localization, align_corners, fill_value)
         self.net = STNClassifier(classifier, transformer)
 
-        self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self.train_loss = MeanMetric()
-        self.val_loss = MeanMetric()
-        self.test_loss = MeanMetric()
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self._compiled = False
+        self._first_calls_done: set[bool] = set()  # compiled in train / eval mode without error
+
+        # validate_args=False and nan_strategy="disable": the checks read tensors on the host,
+        # which would stall the GPU every step; labels come from the datamodule and a NaN loss
+        # still shows as a NaN epoch mean
+        def accuracy() -> MulticlassAccuracy:
+            return MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
+
+        self.train_acc, self.val_acc, self.test_acc = accuracy(), accuracy(), accuracy()
+        self.train_loss = MeanMetric(nan_strategy="disable")
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.test_loss = MeanMetric(nan_strategy="disable")
         self.val_acc_best = MaxMetric()
 
+    def configure_model(self) -> None:
+        if self.hparams.compile and not self._compiled:
+            device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+            # in place (nn.Module.compile), so the state_dict keys and checkpoints do not change
+            self.net.compile(mode=compile_mode_for(self.hparams.compile_mode, device))
+            self._compiled = True
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        if self.hparams.channels_last:
+            images = to_channels_last(images)
+        if not self._compiled or self.training in self._first_calls_done:
+            return self.net(images)
+        try:  # the first call in each mode compiles: a compiler failure becomes one clear error
+            logits = self.net(images)
+        except Exception as error:  # dynamo and inductor raise many types
+            raise compile_failure(error) from error
+        self._first_calls_done.add(self.training)
+        return logits
 
     def on_train_start(self) -> None:
         # the sanity check's validation must not count towards the best accuracy
@@ -79,12 +114,14 @@ class STNLitModule(L.LightningModule):
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        loss_metric(loss)
-        acc(logits, labels)
+        loss_metric.update(loss.detach())  # update, not forward: no per-batch compute
+        acc.update(logits.detach(), labels)
         return loss
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, self.train_loss, self.train_acc)
+        # a device tensor: Lightning reads it only when it writes the logs (log_every_n_steps)
+        self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
         self.log("train/loss", self.train_loss, on_step=False, on_epoch=True, prog_bar=True)
         self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
         return loss

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from stn.models.acceleration import COMPILE_MODES
 from stn.models.localization import DEFAULT_CHANNELS, DEFAULT_KERNEL_SIZES, DEFAULT_PADDINGS, max_depth
 
 
@@ -59,6 +60,37 @@ def check_accelerator(cfg: DictConfig) -> None:
         )
 
 
+def _device_type(cfg: DictConfig) -> str:
+    accelerator = str(_select(cfg, "trainer.accelerator") or "auto").lower()
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def cpu_has_native_bf16() -> bool:
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def check_precision(cfg: DictConfig) -> None:
+    """Half precision only where the hardware does it natively: emulated bf16 on a CPU runs
+    2-3x slower than float32 (measured here), which is never what a speed option is for."""
+    precision = str(_select(cfg, "trainer.precision") or "32-true")
+    device = _device_type(cfg)
+    if precision.startswith("bf16"):
+        if device == "cpu" and not cpu_has_native_bf16():
+            raise ConfigError(
+                f"trainer.precision={precision} needs native bfloat16, which this CPU lacks (no "
+                "AVX512-BF16 or AMX); use trainer.precision=32-true"
+            )
+        if device == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(
+                f"trainer.precision={precision} needs a GPU with bfloat16 (Ampere or newer); use "
+                "trainer.precision=16-mixed or 32-true"
+            )
+    elif precision.startswith("16") and device == "cpu":
+        raise ConfigError(f"trainer.precision={precision} needs a CUDA GPU; use trainer.precision=32-true")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value the run cannot use."""
     check_localization(cfg)
@@ -72,4 +104,8 @@ def check_config(cfg: DictConfig) -> None:
     _require(cfg, "data.train_subset", lambda v: _is_int(v) and v >= 1, "integers >= 1 or null")
     _require(cfg, "data.test_subset", lambda v: _is_int(v) and v >= 1, "integers >= 1 or null")
     _require(cfg, "trainer.max_epochs", lambda v: _is_int(v) and (v >= 1 or v == -1), "integers >= 1, or -1")
+    if _select(cfg, "data.fast_path"):
+        _require(cfg, "data.num_workers", lambda v: v == 0, "0 with data.fast_path=true (no DataLoader)")
+    _require(cfg, "model.compile_mode", lambda v: v in COMPILE_MODES, " | ".join(COMPILE_MODES))
     check_accelerator(cfg)
+    check_precision(cfg)

@@ -15,11 +15,12 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from stn.data.mnist import MNISTDataError
+from stn.models.acceleration import AccelerationError
 from stn.utils.checks import ConfigError
 
 log = logging.getLogger(__name__)
 
-USER_ERRORS = (ConfigError, MNISTDataError)
+USER_ERRORS = (ConfigError, MNISTDataError, AccelerationError)
 
 
 def instantiate_group(group: DictConfig | None) -> list[Any]:
@@ -35,7 +36,8 @@ def _in_multirun() -> bool:
 
 @contextmanager
 def user_errors_reported() -> Iterator[None]:
-    """A bad config value or missing data ends a single run with one clear sentence (exit code 1).
+    """A bad config value, missing data or a speed option this machine cannot run ends a single
+    run with one clear sentence (exit code 1).
     In a multirun the error is logged and re-raised, so Hydra marks that job failed and the
     other jobs of the sweep still run."""
     try:
