@@ -22,6 +22,8 @@ from stn.utils.instantiators import instantiate_group, user_errors_reported
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
 log = logging.getLogger(__name__)
 
+SPEED_KEYS = ("channels_last", "compile", "compile_mode")
+
 
 def run_config(checkpoint: Path) -> DictConfig | None:
     """The config of the run that wrote `checkpoint` (<run>/checkpoints/x.ckpt), if it is there."""
@@ -36,7 +38,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     saved = run_config(checkpoint)
     if saved is not None and cfg.get("model_from_run", True):
         log.info("Using the model config of the run that wrote %s", checkpoint)
+        speed = {key: cfg.model[key] for key in SPEED_KEYS if key in cfg.model}
         cfg.model = saved.model
+        cfg.model.update(speed)  # how to run fast is this machine's choice, not the run's
         for key in ("mean", "std"):
             cfg.data[key] = saved.data.get(key, cfg.data[key])
     check_config(cfg)
