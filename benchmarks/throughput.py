@@ -1,16 +1,20 @@
-"""Training throughput (images/s) of the STN at batch 64, three pipelines side by side in one process:
+"""Training throughput (images/s) of the STN at batch 64, pipelines side by side in one process:
 
   (a) the PyTorch STN tutorial's own pipeline and loop: torchvision MNIST with per-sample
-      ToTensor + Normalize, DataLoader(batch_size=64, shuffle=True), as published (num_workers=4)
-      and with num_workers=0; the faster of the two is the reference;
-  (b) a plain-PyTorch loop over pre-normalised in-memory tensors (the practical ceiling);
+      ToTensor + Normalize, DataLoader(batch_size=64, shuffle=True), each batch copied to the
+      device, plain SGD; as published (num_workers=4) and with num_workers=0; the faster of the
+      two is the reference;
+  (b) a plain-PyTorch loop over in-memory tensors on the device, with the options the project's
+      default config turns on (channels_last, compile) and its optimizer: the practical ceiling;
   (c) the project's default path: the composed `python -m stn.train` config (datamodule,
-      LightningModule, callbacks, logger, Trainer) with a timing callback added.
+      LightningModule, callbacks, logger, Trainer) with a timing callback added; and, with
+      --variants, the same with one option changed, to show what each option is worth.
 
 Pipelines are interleaved over --repeats rounds and each reports its median, so a noisy machine
 affects all of them alike; the headline is the ratios c/a and c/b.
 
-    python -m benchmarks.throughput [--steps 300] [--warmup 30] [--repeats 3]
+    python -m benchmarks.throughput [--steps 300] [--warmup 30] [--repeats 3] [--device cpu|cuda]
+    python -m benchmarks.throughput --variants no-channels-last dataloader compile
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lightning as L
@@ -27,42 +32,71 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
-from omegaconf import open_dict
+from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 from benchmarks.machine import describe_machine
 from stn.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
 from stn.models import ConvClassifier, LocalizationNet, SpatialTransformer, STNClassifier
+from stn.models.acceleration import compile_mode_for, to_channels_last
 from stn.utils.instantiators import instantiate_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
+
+# (c) with one option changed: name -> overrides on top of the default config
+VARIANTS = {
+    "no-channels-last": ["model.channels_last=false"],
+    "dataloader": ["data.fast_path=false"],
+    "compile": ["model.compile=true"],
+    "compile-cuda-graphs": ["model.compile=true", "model.compile_mode=reduce-overhead"],
+    "bf16": ["trainer.precision=bf16-mixed"],
+}
+
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def tutorial_model() -> STNClassifier:
     return STNClassifier(ConvClassifier(), SpatialTransformer(LocalizationNet()))
 
 
-def time_loop(batches, steps: int, warmup: int) -> float:
-    """images/s of SGD steps over `batches` (an iterator of (images, labels)), after `warmup` steps."""
-    model = tutorial_model()
+def time_loop(
+    batches: Batches,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    prepare: Callable[[torch.Tensor], torch.Tensor] = lambda images: images,
+) -> float:
+    """images/s of training steps over `batches`, timed after `warmup` steps."""
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     start = None
     for step, (images, labels) in enumerate(batches):
         if step == warmup:
+            synchronize(device)
             start = time.perf_counter()
         if step == warmup + steps:
             break
-        optimizer.zero_grad()
-        loss = F.nll_loss(F.log_softmax(model(images), dim=1), labels)
+        images, labels = prepare(images.to(device)), labels.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(images), labels)
         loss.backward()
         optimizer.step()
+    synchronize(device)
     return steps * BATCH / (time.perf_counter() - start)
 
 
-def tutorial_pipeline(data_dir: Path, num_workers: int, steps: int, warmup: int) -> float:
+def tutorial_pipeline(
+    data_dir: Path, num_workers: int, device: torch.device, steps: int, warmup: int
+) -> float:
+    """(a): the tutorial's dataset, transforms, loader, model and optimizer."""
     dataset = datasets.MNIST(
         data_dir,
         train=True,
@@ -72,52 +106,74 @@ def tutorial_pipeline(data_dir: Path, num_workers: int, steps: int, warmup: int)
         ),
     )
     loader = DataLoader(dataset, batch_size=BATCH, shuffle=True, num_workers=num_workers)
-    return time_loop(iter(loader), steps, warmup)
+    model = tutorial_model().to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    return time_loop(iter(loader), model, optimizer, device, steps, warmup)
 
 
-def in_memory_loop(datamodule: MNISTDataModule, steps: int, warmup: int) -> float:
-    images, labels = datamodule.train_set.images, datamodule.train_set.labels
+def in_memory_loop(
+    datamodule: MNISTDataModule, cfg: DictConfig, device: torch.device, steps: int, warmup: int
+) -> float:
+    """(b): the same tensors on the device, shuffled and sliced there, with the default config's
+    model options and optimizer, and nothing else."""
+    dataset = datamodule.train_set.to(device)
 
-    def batches():
+    def batches() -> Batches:
         while True:
-            order = torch.randperm(len(labels))
+            order = torch.randperm(len(dataset), device=device)
             for first in range(0, len(order) - BATCH + 1, BATCH):
-                index = order[first : first + BATCH]
-                yield images[index], labels[index]
+                yield dataset.batch(order[first : first + BATCH])
 
-    return time_loop(batches(), steps, warmup)
+    model = tutorial_model().to(device)
+    prepare = lambda images: images  # noqa: E731
+    if cfg.model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        prepare = to_channels_last
+    if cfg.model.compile:
+        model.compile(mode=compile_mode_for(cfg.model.compile_mode, device))
+    optimizer = instantiate(cfg.model.optimizer)(params=model.parameters())
+    return time_loop(batches(), model, optimizer, device, steps, warmup, prepare)
 
 
 class StepTimer(L.Callback):
-    """Times training batches warmup .. warmup + steps."""
+    """Times training batches warmup .. warmup + steps (synchronising the device at both ends)."""
 
     def __init__(self, steps: int, warmup: int) -> None:
         self.steps, self.warmup = steps, warmup
         self.start = self.end = 0.0
+        self.batch_size = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.warmup:
+            synchronize(pl_module.device)
             self.start = time.perf_counter()
+            self.batch_size = len(batch[1])
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx == self.warmup + self.steps - 1:
+            synchronize(pl_module.device)
             self.end = time.perf_counter()
 
     @property
     def images_per_second(self) -> float:
-        return self.steps * BATCH / (self.end - self.start)
+        return self.steps * self.batch_size / (self.end - self.start)
 
 
-def project_path(data_dir: Path, steps: int, warmup: int, overrides: list[str]) -> float:
-    with (
-        tempfile.TemporaryDirectory() as output_dir,
-        initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")),
-    ):
+def compose_train_config(overrides: list[str], data_dir: Path, output_dir: str) -> DictConfig:
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = output_dir
+        cfg.hydra.runtime.output_dir = output_dir
+        cfg.data.data_dir = str(data_dir)
+    return cfg
+
+
+def project_path(data_dir: Path, steps: int, warmup: int, overrides: list[str]) -> StepTimer:
+    """(c): `python -m stn.train <overrides>` for warmup + steps batches of one epoch, no validation."""
+    with tempfile.TemporaryDirectory() as output_dir:
+        cfg = compose_train_config(overrides, data_dir, output_dir)
         with open_dict(cfg):
-            cfg.paths.output_dir = output_dir
-            cfg.hydra.runtime.output_dir = output_dir
-            cfg.data.data_dir = str(data_dir)
             cfg.trainer.max_epochs = 1
             cfg.trainer.limit_train_batches = warmup + steps
             cfg.trainer.limit_val_batches = 0
@@ -130,7 +186,7 @@ def project_path(data_dir: Path, steps: int, warmup: int, overrides: list[str]) 
             logger=instantiate_group(cfg.logger),
         )
         trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
-        return timer.images_per_second
+        return timer
 
 
 def main() -> None:
@@ -141,29 +197,40 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
-    parser.add_argument(
-        "--overrides",
-        nargs="*",
-        default=["trainer.accelerator=cpu"],
-        help="overrides for the project's config (c)",
-    )
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS))
     args = parser.parse_args()
+    device = torch.device(args.device)
+    accelerator = ["trainer.accelerator=" + ("gpu" if device.type == "cuda" else "cpu")]
 
     datamodule = MNISTDataModule(data_dir=str(args.data_dir))
     datamodule.prepare_data()
     datamodule.setup("fit")
-    pipelines = {
+    default_cfg = compose_train_config(accelerator, args.data_dir, "unused")
+
+    def project(extra: list[str]) -> Callable[[], float]:
+        return lambda: (
+            project_path(args.data_dir, args.steps, args.warmup, accelerator + extra).images_per_second
+        )
+
+    options = ", ".join(
+        f"{key}={default_cfg.model[key]}" for key in ("channels_last", "compile", "compile_mode")
+    )
+    pipelines: dict[str, Callable[[], float]] = {
         "(a) tutorial pipeline, num_workers=4": lambda: tutorial_pipeline(
-            args.data_dir, 4, args.steps, args.warmup
+            args.data_dir, 4, device, args.steps, args.warmup
         ),
         "(a) tutorial pipeline, num_workers=0": lambda: tutorial_pipeline(
-            args.data_dir, 0, args.steps, args.warmup
+            args.data_dir, 0, device, args.steps, args.warmup
         ),
-        "(b) plain loop, in-memory tensors": lambda: in_memory_loop(datamodule, args.steps, args.warmup),
-        "(c) project default (stn.train)": lambda: project_path(
-            args.data_dir, args.steps, args.warmup, args.overrides
+        f"(b) plain loop, in-memory tensors on {device.type} ({options})": lambda: in_memory_loop(
+            datamodule, default_cfg, device, args.steps, args.warmup
         ),
+        "(c) project default (stn.train)": project([]),
     }
+    for variant in args.variants:
+        pipelines[f"(c) with {' '.join(VARIANTS[variant])}"] = project(VARIANTS[variant])
+
     results: dict[str, list[float]] = {name: [] for name in pipelines}
     for round_ in range(args.repeats):
         for name, measure in pipelines.items():
@@ -173,17 +240,20 @@ def main() -> None:
 
     median = {name: statistics.median(values) for name, values in results.items()}
     tutorial = max(v for k, v in median.items() if k.startswith("(a)"))
+    ceiling = next(v for k, v in median.items() if k.startswith("(b)"))
+    project_default = median["(c) project default (stn.train)"]
     print(
-        f"\nMachine: {describe_machine()}; batch {BATCH}, {args.steps} timed steps after {args.warmup}, "
-        f"median of {args.repeats} interleaved rounds\n"
+        f"\nMachine: {describe_machine()}; device {device}; batch {BATCH}, {args.steps} timed steps after "
+        f"{args.warmup}, median of {args.repeats} interleaved rounds\n"
     )
-    print("| pipeline | images/s (median) | all rounds | vs tutorial (best a) |")
-    print("| --- | --- | --- | --- |")
+    print("| pipeline | images/s (median) | all rounds | vs tutorial (best a) | vs (c) default |")
+    print("| --- | --- | --- | --- | --- |")
     for name, value in median.items():
         rounds = ", ".join(f"{v:.0f}" for v in results[name])
-        print(f"| {name} | {value:.0f} | {rounds} | {value / tutorial:.2f}x |")
-    project, ceiling = median["(c) project default (stn.train)"], median["(b) plain loop, in-memory tensors"]
-    print(f"\nc/a = {project / tutorial:.2f}x   c/b = {project / ceiling:.2f}x")
+        print(
+            f"| {name} | {value:.0f} | {rounds} | {value / tutorial:.2f}x | {value / project_default:.2f}x |"
+        )
+    print(f"\nc/a = {project_default / tutorial:.2f}x   c/b = {project_default / ceiling:.2f}x")
 
 
 if __name__ == "__main__":

@@ -147,6 +147,18 @@ class STNLitModule(L.LightningModule):
             groups.append({"params": list(self.net.transformer.parameters()), "name": "localization"})
         return groups
 
+    def _run_length_arguments(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+        """What a one-cycle schedule left open (null) in its config, from the run itself: its
+        length in optimizer steps, and each parameter group's peak lr (the group's own lr, so the
+        localization net keeps its scaled step)."""
+        left_open = {k for k, v in getattr(self.scheduler_factory, "keywords", {}).items() if v is None}
+        arguments: dict[str, Any] = {}
+        if "total_steps" in left_open:
+            arguments["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        if "max_lr" in left_open:
+            arguments["max_lr"] = [group["lr"] for group in optimizer.param_groups]
+        return arguments
+
     def configure_optimizers(self) -> dict[str, Any]:
         optimizer = self.optimizer_factory(params=self.parameter_groups())
         for group in optimizer.param_groups:
@@ -154,7 +166,7 @@ class STNLitModule(L.LightningModule):
                 group["lr"] *= self.hparams.localization_lr_scale
         if self.scheduler_factory is None:
             return {"optimizer": optimizer}
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        scheduler = self.scheduler_factory(optimizer=optimizer, **self._run_length_arguments(optimizer))
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.hparams.scheduler_interval},
