@@ -99,3 +99,31 @@ def test_bad_values_are_rejected_with_the_key_and_range(override: str, message: 
 def test_deeper_localization_fits_a_larger_input():
     cfg = compose_config("train.yaml", ["model.localization.depth=4", "model.localization.image_size=60"])
     check_config(cfg)
+
+
+def fit_briefly(cfg: DictConfig, **trainer_options) -> Trainer:
+    trainer = Trainer(
+        accelerator="cpu", limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, **trainer_options,
+    )  # fmt: skip
+    trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
+    return trainer
+
+
+def test_fast_experiment_fills_the_one_cycle_from_the_run(tmp_path: Path, mnist_dir: Path):
+    cfg = small_run(compose_config("train.yaml", ["experiment=fast"]), tmp_path, mnist_dir)
+    cfg.data.train_subset = 768  # 3 batches of 256
+    assert cfg.model.scheduler.total_steps is None and cfg.model.scheduler.max_lr is None
+    trainer = fit_briefly(cfg, max_epochs=2, limit_train_batches=3)
+    config = trainer.lr_scheduler_configs[0]
+    assert config.interval == "step"
+    assert config.scheduler.total_steps == 6  # 2 epochs x 3 batches of 256
+    peaks = {group["name"]: group["max_lr"] for group in config.scheduler.optimizer.param_groups}
+    lr, scale = cfg.model.optimizer.lr, cfg.model.localization_lr_scale
+    assert peaks == {"classifier": pytest.approx(lr), "localization": pytest.approx(lr * scale)}
+
+
+def test_one_cycle_survives_a_run_shorter_than_its_warm_up(tmp_path: Path, mnist_dir: Path):
+    cfg = small_run(compose_config("train.yaml", ["experiment=fast"]), tmp_path, mnist_dir)
+    trainer = fit_briefly(cfg, max_epochs=1, limit_train_batches=1)
+    assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 5  # floor(1 / pct_start 0.25) + 1
