@@ -24,6 +24,14 @@ def _require(cfg: DictConfig, key: str, ok, allowed: str) -> None:
         raise ConfigError(f"{key}={value} is out of range: allowed {allowed}")
 
 
+def _one_device(devices) -> bool:
+    if isinstance(devices, str):
+        return devices in ("1", "auto") and not (devices == "auto" and torch.cuda.device_count() > 1)
+    if isinstance(devices, int):
+        return devices == 1 or (devices == -1 and max(torch.cuda.device_count(), 1) == 1)
+    return len(devices) == 1  # a list of device indices
+
+
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -106,6 +114,10 @@ def check_config(cfg: DictConfig) -> None:
     _require(cfg, "trainer.max_epochs", lambda v: _is_int(v) and (v >= 1 or v == -1), "integers >= 1, or -1")
     if _select(cfg, "data.fast_path"):
         _require(cfg, "data.num_workers", lambda v: v == 0, "0 with data.fast_path=true (no DataLoader)")
+        # the device-resident batches are not sharded across processes: every rank would train on
+        # all of the data
+        _require(cfg, "trainer.devices", _one_device, "1 with data.fast_path=true (or data.fast_path=false)")
+        _require(cfg, "trainer.num_nodes", lambda v: v == 1, "1 with data.fast_path=true")
     _require(cfg, "model.compile_mode", lambda v: v in COMPILE_MODES, " | ".join(COMPILE_MODES))
     check_accelerator(cfg)
     check_precision(cfg)
