@@ -1,0 +1,249 @@
+"""The distorted MNIST variants of the STN paper (Jaderberg et al., 2015, section 4.1), generated in
+batches on the images' device with `grid_sample`, never per image.
+
+Each distortion takes (N, 1, 28, 28) images in [0, 1] (background 0) and a `torch.Generator` on
+the same device, and returns the distorted (N, 1, S, S) images on an S x S canvas together with
+the parameters it drew (for tests and inspection). The same generator state gives the same
+images, so a seeded generator gives a fixed test set.
+
+  R    Rotation: rotation uniformly in +-90 degrees.
+  RTS  RotationScaleTranslation: rotation +-45 degrees, scale 0.7-1.2, placed at a random
+       position in a 42x42 canvas.
+  P    Projective: scale 0.75-1.0, then each corner moved by N(0, 5 px): a random homography.
+  E    Elastic: a thin-plate spline through 16 control points on a 4x4 grid, each moved by
+       N(0, 1.5 px).
+  TC   Cluttered: the digit at a random position in a 60x60 canvas with 6 random 6x6 crops of
+       other digits as clutter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from stn.geometry import (
+    affine_theta,
+    control_grid,
+    homography_from_points,
+    homography_grid,
+    sample,
+    tps_coefficients,
+    tps_grid,
+)
+
+MNIST_SIZE = 28
+Params = dict[str, torch.Tensor]
+
+
+def _range(
+    name: str, value: Sequence[float], low: float = -math.inf, high: float = math.inf
+) -> tuple[float, float]:
+    """A [min, max] config value, checked: two numbers, min <= max, inside [low, high]."""
+    if len(value) != 2:
+        raise ValueError(f"{name}={list(value)} must be [min, max]")
+    first, last = float(value[0]), float(value[1])
+    if first > last:
+        raise ValueError(f"{name}={list(value)} is inverted: min must be <= max")
+    if first < low or last > high:
+        raise ValueError(f"{name}={list(value)} is out of range: allowed within [{low}, {high}]")
+    return first, last
+
+
+def _non_negative(name: str, value: float) -> float:
+    if value < 0:
+        raise ValueError(f"{name}={value} is out of range: allowed >= 0")
+    return float(value)
+
+
+def _uniform(count: int, bounds: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    low, high = bounds
+    return low + (high - low) * torch.rand(count, generator=generator, device=generator.device)
+
+
+def _normal(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
+    return std * torch.randn(shape, generator=generator, device=generator.device)
+
+
+class Distortion:
+    """What every variant has: the canvas it draws on, and a call that distorts a batch."""
+
+    name = "identity"
+    canvas_size = MNIST_SIZE
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
+        raise NotImplementedError
+
+
+class RotationScaleTranslation(Distortion):
+    """Rotation, scale and placement on a canvas; with the defaults of `Rotation` it is R, with
+    the RTS defaults it is RTS."""
+
+    name = "rts"
+
+    def __init__(
+        self,
+        degrees: Sequence[float] = (-45.0, 45.0),
+        scale: Sequence[float] = (0.7, 1.2),
+        canvas_size: int = 42,
+    ) -> None:
+        self.degrees = _range("data.distortion.degrees", degrees, -180, 180)
+        self.scale = _range("data.distortion.scale", scale, 1e-3)
+        if canvas_size < MNIST_SIZE:
+            raise ValueError(f"data.distortion.canvas_size={canvas_size} is out of range: allowed >= 28")
+        self.canvas_size = canvas_size
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
+        count = images.shape[0]
+        angle = torch.deg2rad(_uniform(count, self.degrees, generator))
+        scale = _uniform(count, self.scale, generator)
+        # the digit's box (28 * scale) stays inside the canvas; a canvas too small for it: centred
+        room = ((self.canvas_size - MNIST_SIZE * scale) / 2).clamp_min(0)  # (N,) pixels either side
+        translation = (2 * torch.rand(count, 2, generator=generator, device=generator.device) - 1) * room[
+            :, None
+        ]
+        theta = affine_theta(angle, scale, translation, MNIST_SIZE, self.canvas_size)  # (N, 2, 3)
+        size = (count, images.shape[1], self.canvas_size, self.canvas_size)
+        grid = torch.nn.functional.affine_grid(theta, size, align_corners=False)
+        params = {"degrees": torch.rad2deg(angle), "scale": scale, "translation": translation}
+        return sample(images, grid), params
+
+
+class Rotation(RotationScaleTranslation):
+    """R: rotation only, uniformly in +-90 degrees, on the 28x28 image."""
+
+    name = "rot"
+
+    def __init__(self, degrees: Sequence[float] = (-90.0, 90.0)) -> None:
+        super().__init__(degrees=degrees, scale=(1.0, 1.0), canvas_size=MNIST_SIZE)
+
+
+def _convex_same_orientation(corners: torch.Tensor) -> torch.Tensor:
+    """(N,) whether each (N, 4, 2) quadrilateral (corners in `control_grid(2)` order) is convex
+    and not mirrored: every turn along its outline has the sign of the unit square's."""
+    outline = corners[:, [0, 1, 3, 2]]  # around the square
+    edges = outline.roll(-1, dims=1) - outline  # (N, 4, 2)
+    turns = edges[..., 0] * edges.roll(-1, dims=1)[..., 1] - edges[..., 1] * edges.roll(-1, dims=1)[..., 0]
+    return (turns > 0).all(dim=1)
+
+
+class Projective(Distortion):
+    """P: the digit scaled down, then its four corners moved independently: a random homography."""
+
+    name = "proj"
+    redraws = 8
+
+    def __init__(self, scale: Sequence[float] = (0.75, 1.0), corner_std_px: float = 5.0) -> None:
+        self.scale = _range("data.distortion.scale", scale, 1e-3)
+        self.corner_std_px = _non_negative("data.distortion.corner_std_px", corner_std_px)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
+        count = images.shape[0]
+        scale = _uniform(count, self.scale, generator)
+        image_corners = control_grid(2, device=images.device)  # (4, 2): the input's corners
+        std = self.corner_std_px * 2 / MNIST_SIZE  # pixels -> normalised units
+        shift = _normal((count, 4, 2), std, generator)
+        # a quadrilateral that folds over (a corner crossing an edge) is not a view of the digit:
+        # draw those corners again (a few rounds, then leave that one undistorted)
+        for attempt in range(self.redraws + 1):
+            folded = ~_convex_same_orientation(image_corners * scale[:, None, None] + shift)
+            if attempt == self.redraws:
+                shift[folded] = 0.0
+            elif folded.any():
+                shift = torch.where(folded[:, None, None], _normal((count, 4, 2), std, generator), shift)
+        drawn_corners = image_corners * scale[:, None, None] + shift  # where they land in the output
+        # output -> input: the drawn corners sample the image's corners
+        homography = homography_from_points(drawn_corners, image_corners.expand(count, 4, 2))
+        grid = homography_grid(homography, MNIST_SIZE, MNIST_SIZE)
+        params = {"scale": scale, "corner_shift_px": shift * MNIST_SIZE / 2}
+        return sample(images, grid), params
+
+
+class Elastic(Distortion):
+    """E: a thin-plate spline through a grid of control points, each moved by N(0, std px)."""
+
+    name = "elastic"
+
+    def __init__(self, points_per_side: int = 4, control_std_px: float = 1.5) -> None:
+        if points_per_side < 2:
+            raise ValueError(
+                f"data.distortion.points_per_side={points_per_side} is out of range: allowed >= 2"
+            )
+        self.points_per_side = points_per_side
+        self.control_std_px = _non_negative("data.distortion.control_std_px", control_std_px)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
+        count = images.shape[0]
+        # control points at the pixel centres of a grid spanning the digit area
+        control = control_grid(self.points_per_side, extent=1 - 1 / MNIST_SIZE, device=images.device)
+        shift = _normal((count, control.shape[0], 2), self.control_std_px * 2 / MNIST_SIZE, generator)
+        coefficients = tps_coefficients(control, control + shift)  # (N, K + 3, 2)
+        grid = tps_grid(control, coefficients, MNIST_SIZE, MNIST_SIZE)
+        return sample(images, grid), {"control_shift_px": shift * MNIST_SIZE / 2}
+
+
+class Cluttered(Distortion):
+    """TC: the digit at a random position on a larger canvas, with random crops of other digits
+    (the other images of the batch) scattered over it as clutter."""
+
+    name = "cluttered"
+
+    def __init__(self, canvas_size: int = 60, clutter_pieces: int = 6, piece_size: int = 6) -> None:
+        if canvas_size < MNIST_SIZE:
+            raise ValueError(f"data.distortion.canvas_size={canvas_size} is out of range: allowed >= 28")
+        if not 1 <= piece_size <= MNIST_SIZE:
+            raise ValueError(f"data.distortion.piece_size={piece_size} is out of range: allowed 1..28")
+        if clutter_pieces < 0:
+            raise ValueError(f"data.distortion.clutter_pieces={clutter_pieces} is out of range: allowed >= 0")
+        self.canvas_size, self.clutter_pieces, self.piece_size = canvas_size, clutter_pieces, piece_size
+
+    def _paste(
+        self, canvas: torch.Tensor, pieces: torch.Tensor, top: torch.Tensor, left: torch.Tensor
+    ) -> None:
+        """Max-blend (N, P, h, w) pieces into the (N, S * S) canvas at (N, P) top-left corners."""
+        rows = top[..., None] + torch.arange(pieces.shape[-2], device=canvas.device)  # (N, P, h)
+        cols = left[..., None] + torch.arange(pieces.shape[-1], device=canvas.device)  # (N, P, w)
+        flat = rows[..., :, None] * self.canvas_size + cols[..., None, :]  # (N, P, h, w)
+        canvas.scatter_reduce_(1, flat.flatten(1), pieces.flatten(1), reduce="amax")
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
+        count, device = images.shape[0], images.device
+        size, piece, pieces = self.canvas_size, self.piece_size, self.clutter_pieces
+
+        def integers(high: int, shape: tuple[int, ...]) -> torch.Tensor:
+            return torch.randint(high + 1, shape, generator=generator, device=generator.device)
+
+        canvas = images.new_zeros(count, size * size)
+        digit_top, digit_left = (
+            integers(size - MNIST_SIZE, (count, 1)),
+            integers(size - MNIST_SIZE, (count, 1)),
+        )
+        params = {"digit_top": digit_top[:, 0], "digit_left": digit_left[:, 0]}
+        if pieces and count > 1:
+            # crops of *other* digits: shift each source index by 1..N-1 within the batch
+            source = (
+                torch.arange(count, device=device)[:, None] + 1 + integers(count - 2, (count, pieces))
+            ) % count
+            crop_top, crop_left = (
+                integers(MNIST_SIZE - piece, (count, pieces)),
+                integers(MNIST_SIZE - piece, (count, pieces)),
+            )
+            rows = crop_top[..., None] + torch.arange(piece, device=device)  # (N, P, piece)
+            cols = crop_left[..., None] + torch.arange(piece, device=device)
+            crops = images[:, 0][
+                source[..., None, None], rows[..., :, None], cols[..., None, :]
+            ]  # (N, P, p, p)
+            clutter_top, clutter_left = (
+                integers(size - piece, (count, pieces)),
+                integers(size - piece, (count, pieces)),
+            )
+            self._paste(canvas, crops, clutter_top, clutter_left)
+            params.update(clutter_source=source, clutter_top=clutter_top, clutter_left=clutter_left)
+        self._paste(canvas, images[:, :1], digit_top, digit_left)  # the digit itself, on top
+        return canvas.view(count, 1, size, size), params
+
+
+VARIANTS: dict[str, type[Distortion]] = {
+    cls.name: cls for cls in (Rotation, RotationScaleTranslation, Projective, Elastic, Cluttered)
+}

@@ -1,0 +1,102 @@
+"""Sampling grids for affine, projective and thin-plate-spline warps, batched, on any device.
+
+Pure PyTorch, shared by the distorted-MNIST generators (stn/data/distortions.py) and the spatial
+transformers. Every grid maps *output* pixel centres to *input* sampling positions in the
+normalised coordinates of `F.grid_sample` with `align_corners=False`: -1 and 1 are the outer
+edges of the image, so a pixel is 2 / size wide.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def pixel_centres(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
+    """(H * W, 2) normalised (x, y) of every pixel centre, row by row."""
+    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * 2 / height - 1
+    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * 2 / width - 1
+    y, x = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)
+
+
+def sample(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Bilinear sampling of (N, C, H, W) images at an (N, h, w, 2) grid, zeros outside."""
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def affine_theta(
+    angle: torch.Tensor, scale: torch.Tensor, translation: torch.Tensor, in_size: int, out_size: int
+) -> torch.Tensor:
+    """(N, 2, 3) theta for `F.affine_grid` that draws the input rotated by `angle` (radians),
+    scaled by `scale` and centred `translation` (N, 2) output pixels from the output's centre."""
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    inverse_rotation = torch.stack(
+        [torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2
+    )  # (N, 2, 2)
+    # output normalised -> output pixels (x out/2), undo the placement, -> input normalised (/ in/2)
+    linear = inverse_rotation * (out_size / in_size / scale)[:, None, None]
+    offset = -(inverse_rotation @ translation.unsqueeze(-1)).squeeze(-1) * (2 / in_size / scale)[:, None]
+    return torch.cat([linear, offset.unsqueeze(-1)], dim=2)
+
+
+def homography_from_points(source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) homographies H (with H[2, 2] = 1) that map the four (N, 4, 2) `source` points to
+    `target` (direct linear transform: eight equations, eight unknowns)."""
+    x, y = source.unbind(-1)  # (N, 4) each
+    u, v = target.unbind(-1)
+    ones, zeros = torch.ones_like(x), torch.zeros_like(x)
+    rows_u = torch.stack([x, y, ones, zeros, zeros, zeros, -u * x, -u * y], dim=-1)  # (N, 4, 8)
+    rows_v = torch.stack([zeros, zeros, zeros, x, y, ones, -v * x, -v * y], dim=-1)
+    system = torch.cat([rows_u, rows_v], dim=1)  # (N, 8, 8)
+    rhs = torch.cat([u, v], dim=1).unsqueeze(-1)  # (N, 8, 1)
+    h = torch.linalg.solve(system, rhs).squeeze(-1)  # (N, 8)
+    return torch.cat([h, torch.ones_like(h[:, :1])], dim=1).view(-1, 3, 3)
+
+
+def homography_grid(homography: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, H, W, 2) grid: each output pixel centre mapped through the (N, 3, 3) homography."""
+    points = pixel_centres(height, width, homography.device)
+    homogeneous = torch.cat([points, torch.ones_like(points[:, :1])], dim=1)  # (H * W, 3)
+    mapped = homogeneous @ homography.transpose(1, 2)  # (N, H * W, 3)
+    grid = mapped[..., :2] / mapped[..., 2:].clamp_min(1e-6)
+    return grid.view(-1, height, width, 2)
+
+
+def control_grid(
+    points_per_side: int, extent: float = 1.0, device: torch.device | None = None
+) -> torch.Tensor:
+    """(K, 2) control points on a square grid spanning [-extent, extent]^2, K = points_per_side^2."""
+    side = torch.linspace(-extent, extent, points_per_side, device=device)
+    y, x = torch.meshgrid(side, side, indexing="ij")
+    return torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)
+
+
+def _tps_kernel(points: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
+    """U(r) = r^2 log r^2 between (..., P, 2) points and (K, 2) control points: (..., P, K)."""
+    squared = (points.unsqueeze(-2) - control).pow(2).sum(-1)
+    return squared * torch.log(squared.clamp_min(1e-12))
+
+
+def tps_coefficients(control: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """(N, K + 3, 2) thin-plate-spline coefficients (K kernel weights, then the affine part) of
+    the map that sends the (K, 2) `control` points to the (N, K, 2) `target` points with the least
+    bending."""
+    count = control.shape[0]
+    kernel = _tps_kernel(control, control)  # (K, K)
+    affine = torch.cat([torch.ones_like(control[:, :1]), control], dim=1)  # (K, 3)
+    system = torch.zeros(count + 3, count + 3, device=control.device, dtype=control.dtype)
+    system[:count, :count] = kernel
+    system[:count, count:] = affine
+    system[count:, :count] = affine.T
+    rhs = torch.cat([target, target.new_zeros(target.shape[0], 3, 2)], dim=1)  # (N, K + 3, 2)
+    return torch.linalg.solve(system, rhs)
+
+
+def tps_grid(control: torch.Tensor, coefficients: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, H, W, 2) grid: each output pixel centre mapped through the thin-plate spline."""
+    points = pixel_centres(height, width, coefficients.device)  # (P, 2)
+    basis = torch.cat(
+        [_tps_kernel(points, control), torch.ones_like(points[:, :1]), points], dim=1
+    )  # (P, K + 3)
+    return (basis @ coefficients).view(-1, height, width, 2)

@@ -1,0 +1,157 @@
+"""The distorted-MNIST generators and the grid geometry under them, on real MNIST digits."""
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stn.data import MNISTDataModule
+from stn.data.distortions import (
+    VARIANTS,
+    Cluttered,
+    Elastic,
+    Projective,
+    Rotation,
+    RotationScaleTranslation,
+    _convex_same_orientation,
+)
+from stn.geometry import (
+    affine_theta,
+    control_grid,
+    homography_from_points,
+    homography_grid,
+    pixel_centres,
+    sample,
+    tps_coefficients,
+    tps_grid,
+)
+
+
+@pytest.fixture(scope="module")
+def digits(mnist_dir: Path) -> torch.Tensor:
+    """256 real training digits in [0, 1], (256, 1, 28, 28)."""
+    datamodule = MNISTDataModule(data_dir=str(mnist_dir), train_subset=256)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule.train_set.images.float() / 255
+
+
+def seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def identity_grid(size: int) -> torch.Tensor:
+    return pixel_centres(size, size).view(1, size, size, 2)
+
+
+def test_identity_warps_return_the_image(digits: torch.Tensor):
+    zero, one = torch.zeros(4), torch.ones(4)
+    theta = affine_theta(zero, one, torch.zeros(4, 2), 28, 28)
+    affine = F.affine_grid(theta, (4, 1, 28, 28), align_corners=False)
+    assert torch.allclose(affine, identity_grid(28).expand(4, -1, -1, -1), atol=1e-6)
+    corners = control_grid(2).expand(4, 4, 2)
+    assert torch.allclose(
+        homography_grid(homography_from_points(corners, corners), 28, 28), affine, atol=1e-5
+    )
+    control = control_grid(4)
+    tps = tps_grid(control, tps_coefficients(control, control.expand(4, -1, -1)), 28, 28)
+    assert torch.allclose(tps, affine, atol=1e-4)
+    assert torch.allclose(sample(digits[:4], affine), digits[:4], atol=1e-5)
+
+
+def test_homography_and_spline_pass_through_their_points():
+    corners, generator = control_grid(2), seeded(0)
+    source = corners + 0.2 * torch.randn(3, 4, 2, generator=generator)  # four well-spread points
+    target = 0.8 * corners + 0.2 * torch.randn(3, 4, 2, generator=generator)
+    homography = homography_from_points(source, target)
+    mapped = torch.cat([source, torch.ones(3, 4, 1)], -1) @ homography.transpose(1, 2)
+    assert torch.allclose(mapped[..., :2] / mapped[..., 2:], target, atol=1e-4)
+    control = control_grid(4)
+    moved = control + 0.05 * torch.randn(2, 16, 2)
+    coefficients = tps_coefficients(control, moved)
+    basis_at_control = tps_grid(control, coefficients, 4, 4)  # 4x4 pixel centres are not the controls
+    assert basis_at_control.shape == (2, 4, 4, 2)
+    kernel = (control[:, None] - control).pow(2).sum(-1)
+    kernel = kernel * torch.log(kernel.clamp_min(1e-12))
+    basis = torch.cat([kernel, torch.ones(16, 1), control], dim=1)
+    assert torch.allclose(basis @ coefficients, moved, atol=1e-4)
+
+
+def test_rotation_by_90_degrees_is_rot90(digits: torch.Tensor):
+    rotated, params = Rotation(degrees=(90, 90))(digits[:8], seeded(0))
+    assert torch.allclose(params["degrees"], torch.full((8,), 90.0))
+    candidates = [torch.rot90(digits[:8], k, dims=(2, 3)) for k in (1, -1)]
+    assert min((rotated - c).abs().max().item() for c in candidates) < 1e-4
+
+
+def test_placement_keeps_the_digit_whole(digits: torch.Tensor):
+    placed, params = RotationScaleTranslation(degrees=(0, 0), scale=(1, 1), canvas_size=42)(digits, seeded(0))
+    assert placed.shape == (256, 1, 42, 42)
+    assert params["translation"].abs().max() <= 7  # (42 - 28) / 2
+    # nothing falls off the canvas: the ink is conserved (bilinear sampling spreads, not loses it)
+    assert torch.allclose(placed.sum((1, 2, 3)), digits.sum((1, 2, 3)), rtol=0.02)
+    cluttered, where = Cluttered(clutter_pieces=0)(digits, seeded(0))
+    top, left = where["digit_top"][5].item(), where["digit_left"][5].item()
+    assert torch.equal(cluttered[5, :, top : top + 28, left : left + 28], digits[5])
+    assert cluttered[5].sum() == digits[5].sum()
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_each_variant_is_seeded_and_stays_in_its_ranges(name: str, digits: torch.Tensor):
+    distortion = VARIANTS[name]()
+    images, params = distortion(digits, seeded(1))
+    again, _ = distortion(digits, seeded(1))
+    other, _ = distortion(digits, seeded(2))
+    size = distortion.canvas_size
+    assert images.shape == (256, 1, size, size)
+    assert torch.equal(images, again)  # same seed, same test set
+    assert not torch.equal(images, other)
+    assert images.min() >= 0 and images.max() <= 1 + 1e-6
+    # the digit is still there: its ink scales with its area (down to 0.7^2 in RTS; a homography
+    # with corners moved inwards by 2 std shrinks it to a few pixels), but never vanishes
+    assert (images.sum((1, 2, 3)) > 0.02 * digits.sum((1, 2, 3))).all()
+
+    if "degrees" in params:
+        low, high = distortion.degrees
+        assert low <= params["degrees"].min() and params["degrees"].max() <= high
+        assert params["degrees"].max() - params["degrees"].min() > 0.8 * (high - low)  # spread, not stuck
+    if "scale" in params:
+        low, high = distortion.scale
+        assert low <= params["scale"].min() and params["scale"].max() <= high
+    for key, std in (("corner_shift_px", 5.0), ("control_shift_px", 1.5)):
+        if key in params:
+            assert 0.85 * std < params[key].std().item() < 1.15 * std
+            assert params[key].mean().abs().item() < 0.2 * std
+    if "digit_top" in params:
+        for key in ("digit_top", "digit_left"):
+            assert 0 <= params[key].min() and params[key].max() <= size - 28
+        assert (params["clutter_source"] != torch.arange(256)[:, None]).all()  # crops of other digits
+        assert 0 <= params["clutter_top"].min() and params["clutter_top"].max() <= size - 6
+
+
+def test_projective_corners_never_fold_the_digit_over(digits: torch.Tensor):
+    _, params = Projective()(digits, seeded(3))
+    corners = control_grid(2) * params["scale"][:, None, None] + params["corner_shift_px"] * 2 / 28
+    assert _convex_same_orientation(corners).all()
+    assert not _convex_same_orientation(
+        torch.tensor([[[-1.0, -1], [1, -1], [1, 1], [-1, 1]]])
+    )  # a folded one
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda: RotationScaleTranslation(scale=(1.2, 0.7)),
+            r"data.distortion.scale=\[1.2, 0.7\] is inverted",
+        ),
+        (lambda: Rotation(degrees=(90, -90)), r"data.distortion.degrees=\[90.*-90.*\] is inverted"),
+        (lambda: Projective(corner_std_px=-1), r"data.distortion.corner_std_px=-1 is out of range"),
+        (lambda: Elastic(points_per_side=1), r"data.distortion.points_per_side=1 is out of range"),
+        (lambda: Cluttered(canvas_size=20), r"data.distortion.canvas_size=20 is out of range: allowed >= 28"),
+    ],
+)
+def test_bad_ranges_name_the_key(make, message: str):
+    with pytest.raises(ValueError, match=message):
+        make()
