@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import open_dict
 
-from stn.data import MNISTDataModule
+from stn.data import DistortedMNISTDataModule, MNISTDataModule
 from stn.data.distortions import (
     VARIANTS,
     Cluttered,
@@ -26,6 +28,9 @@ from stn.geometry import (
     tps_coefficients,
     tps_grid,
 )
+from stn.utils.checks import ConfigError, check_config
+
+from .conftest import compose_config
 
 
 @pytest.fixture(scope="module")
@@ -155,3 +160,50 @@ def test_projective_corners_never_fold_the_digit_over(digits: torch.Tensor):
 def test_bad_ranges_name_the_key(make, message: str):
     with pytest.raises(ValueError, match=message):
         make()
+
+
+def distorted(mnist_dir: Path, variant: str, **overrides) -> DistortedMNISTDataModule:
+    cfg = compose_config("train.yaml", [f"data=mnist_{variant}"])
+    with open_dict(cfg):
+        cfg.data.data_dir = str(mnist_dir)
+        cfg.data.train_subset, cfg.data.test_subset = 512, 300
+        cfg.data.shuffle_seed = 0
+        cfg.data.update(overrides)
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup()
+    return datamodule
+
+
+@pytest.mark.parametrize("variant", ["rot", "rts", "proj", "elastic", "cluttered"])
+def test_distorted_datamodule_fixes_its_test_set_and_redraws_training_batches(variant: str, mnist_dir: Path):
+    first, again = distorted(mnist_dir, variant), distorted(mnist_dir, variant)
+    size = first.distortion.canvas_size
+    assert first.test_set.images.shape == (300, 1, size, size) and first.test_set.images.dtype == torch.uint8
+    assert torch.equal(first.test_set.images, again.test_set.images)  # every model, the same images
+    assert torch.equal(first.val_set.images, again.val_set.images)
+    assert not torch.equal(first.test_set.images, distorted(mnist_dir, variant, test_seed=7).test_set.images)
+
+    loader = first.train_dataloader()
+    epoch_0 = [images for images, _ in _epoch(loader, 0)]
+    assert epoch_0[0].shape == (64, 1, size, size)
+    assert torch.equal(epoch_0[0], next(iter(_epoch(loader, 0)))[0])  # reproducible
+    assert not torch.equal(epoch_0[0], next(iter(_epoch(loader, 1)))[0])  # a fresh draw each epoch
+    background = -first.hparams.mean / first.hparams.std
+    assert epoch_0[0].min().item() == pytest.approx(background, abs=1e-5)  # normalised like MNIST
+
+
+def _epoch(loader, epoch: int):
+    loader.sampler.set_epoch(epoch)
+    return loader
+
+
+def test_inverted_distortion_range_is_rejected_at_start():
+    cfg = compose_config("train.yaml", ["data=mnist_rts", "data.distortion.scale=[1.2,0.7]"])
+    with pytest.raises(
+        ConfigError, match=r"data.distortion.scale=\[1.2, 0.7\] is inverted: min must be <= max"
+    ):
+        check_config(cfg)
+    cfg = compose_config("train.yaml", ["data=mnist_rot", "data.fast_path=false"])
+    with pytest.raises(ConfigError, match="data.fast_path=False is out of range"):
+        check_config(cfg)

@@ -144,3 +144,33 @@ def test_debug_configs_run(debug: str, tmp_path: Path, mnist_dir: Path):
         "stn.train", f"debug={debug}", "data.train_subset=640", f"hydra.run.dir={run_dir}", data_dir=mnist_dir
     )
     assert "test/acc" in json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_distorted_variant_trains_end_to_end(tmp_path: Path, mnist_dir: Path):
+    run_dir = tmp_path / "cluttered"
+    run("stn.train", *SMALL, "data=mnist_cluttered", f"hydra.run.dir={run_dir}", data_dir=mnist_dir)
+    assert "test/acc" in json.loads((run_dir / "metrics.json").read_text())
+    evaluated = run(
+        "stn.eval", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "data=mnist_cluttered",
+        "data.test_subset=256", "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'eval'}",
+        data_dir=mnist_dir,
+    )  # fmt: skip
+    assert "test/acc" in evaluated.stdout
+
+
+def test_unknown_variant_lists_the_valid_ones(tmp_path: Path, mnist_dir: Path):
+    process = run(
+        "stn.train", "data=mnist_upside_down", f"hydra.run.dir={tmp_path}", data_dir=mnist_dir, check=False
+    )
+    assert process.returncode != 0 and "Traceback" not in process.stderr
+    assert "Could not find 'data/mnist_upside_down'" in process.stderr
+    for variant in ("mnist_rot", "mnist_rts", "mnist_proj", "mnist_elastic", "mnist_cluttered"):
+        assert variant in process.stderr
+
+
+def test_inverted_range_is_one_sentence(tmp_path: Path, mnist_dir: Path):
+    process = run(
+        "stn.train", "data=mnist_rts", "data.distortion.degrees=[45,-45]", f"hydra.run.dir={tmp_path}",
+        data_dir=mnist_dir, check=False,
+    )  # fmt: skip
+    assert_one_sentence_error(process, "data.distortion.degrees=[45, -45] is inverted: min must be <= max")

@@ -1,3 +1,4 @@
+from stn.data.distorted import DistortedMNISTDataModule
 from stn.data.mnist import MNIST_MEAN, MNIST_STD, MNISTDataError, MNISTDataModule
 
-__all__ = ["MNIST_MEAN", "MNIST_STD", "MNISTDataError", "MNISTDataModule"]
+__all__ = ["MNIST_MEAN", "MNIST_STD", "DistortedMNISTDataModule", "MNISTDataError", "MNISTDataModule"]

@@ -24,6 +24,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.datasets import MNIST
 
+from stn.data.distortions import Distortion
+
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 TRAIN_SIZE = 60_000
@@ -54,6 +56,10 @@ class EpochShuffle(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def generator(self, device: torch.device) -> torch.Generator:
+        """A generator on `device` for this epoch's random augmentations (a stream of its own)."""
+        return torch.Generator(device=device).manual_seed(2**60 + (self.seed % 2**32) * 2**20 + self.epoch)
+
     def permutation(self) -> torch.Tensor:
         generator = torch.Generator().manual_seed((self.seed % 2**32) * 2**20 + self.epoch)
         return torch.randperm(self.size, generator=generator)
@@ -82,8 +88,18 @@ class InMemoryImages(Dataset):
     def __len__(self) -> int:
         return len(self.labels)
 
-    def batch(self, index: torch.Tensor | slice) -> Batch:
-        return normalize(self.images[index], self.mean, self.std), self.labels[index]
+    def batch(
+        self,
+        index: torch.Tensor | slice,
+        distortion: Distortion | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Batch:
+        """Normalised images and labels at `index`; with a `distortion`, distorted first (in
+        [0, 1] pixel space, drawing from `generator`), then normalised."""
+        if distortion is None:
+            return normalize(self.images[index], self.mean, self.std), self.labels[index]
+        pixels, _ = distortion(self.images[index].float().div_(255), generator)
+        return pixels.sub_(self.mean).div_(self.std), self.labels[index]
 
     def __getitem__(self, index: int) -> Batch:
         images, label = self.batch(slice(index, index + 1))
@@ -108,11 +124,25 @@ class DeviceBatches:
 
     An iterable with a length, which Lightning accepts in place of a DataLoader; `sampler` is
     where Lightning finds `set_epoch`. Without a sampler the order is fixed (validation, test) and
-    each batch is a view, not a copy.
+    each batch is a view, not a copy. With a `distortion` (training on a distorted variant), every
+    batch is distorted afresh, from a generator seeded by the sampler's seed and epoch.
     """
 
-    def __init__(self, dataset: InMemoryImages, batch_size: int, sampler: EpochShuffle | None = None) -> None:
-        self.dataset, self.batch_size, self.sampler = dataset, batch_size, sampler
+    def __init__(
+        self,
+        dataset: InMemoryImages,
+        batch_size: int,
+        sampler: EpochShuffle | None = None,
+        distortion: Distortion | None = None,
+    ) -> None:
+        if distortion is not None and sampler is None:
+            raise ValueError("fresh distortions per batch need a sampler (its seed and epoch seed them)")
+        self.dataset, self.batch_size, self.sampler, self.distortion = (
+            dataset,
+            batch_size,
+            sampler,
+            distortion,
+        )
         self.batch_sampler = None  # what Lightning looks for on a DataLoader
 
     def __len__(self) -> int:
@@ -124,9 +154,11 @@ class DeviceBatches:
             for first in range(0, size, step):
                 yield self.dataset.batch(slice(first, first + step))
             return
-        order = self.sampler.permutation().to(self.dataset.images.device)  # (N,) one copy per epoch
+        device = self.dataset.images.device
+        order = self.sampler.permutation().to(device)  # (N,) one copy per epoch
+        generator = self.sampler.generator(device) if self.distortion is not None else None
         for first in range(0, size, step):
-            yield self.dataset.batch(order[first : first + step])
+            yield self.dataset.batch(order[first : first + step], self.distortion, generator)
 
 
 def _md5(path: Path) -> str:
@@ -240,12 +272,14 @@ class MNISTDataModule(L.LightningDataModule):
             return torch.device("cpu")
         return self.trainer.strategy.root_device
 
-    def _loader(self, dataset: InMemoryImages | None, shuffle: bool) -> DataLoader | DeviceBatches:
+    def _loader(
+        self, dataset: InMemoryImages | None, shuffle: bool, distortion: Distortion | None = None
+    ) -> DataLoader | DeviceBatches:
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         sampler = EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None
         if self.hparams.fast_path:
-            return DeviceBatches(dataset.to(self.device), self.hparams.batch_size, sampler)
+            return DeviceBatches(dataset.to(self.device), self.hparams.batch_size, sampler, distortion)
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,
