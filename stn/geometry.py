@@ -78,19 +78,23 @@ def _tps_kernel(points: torch.Tensor, control: torch.Tensor) -> torch.Tensor:
     return squared * torch.log(squared.clamp_min(1e-12))
 
 
+def tps_system(control: torch.Tensor) -> torch.Tensor:
+    """The (K + 3, K + 3) linear system of a thin-plate spline through (K, 2) control points."""
+    count = control.shape[0]
+    affine = torch.cat([torch.ones_like(control[:, :1]), control], dim=1)  # (K, 3)
+    system = torch.zeros(count + 3, count + 3, device=control.device, dtype=control.dtype)
+    system[:count, :count] = _tps_kernel(control, control)
+    system[:count, count:] = affine
+    system[count:, :count] = affine.T
+    return system
+
+
 def tps_coefficients(control: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """(N, K + 3, 2) thin-plate-spline coefficients (K kernel weights, then the affine part) of
     the map that sends the (K, 2) `control` points to the (N, K, 2) `target` points with the least
     bending."""
-    count = control.shape[0]
-    kernel = _tps_kernel(control, control)  # (K, K)
-    affine = torch.cat([torch.ones_like(control[:, :1]), control], dim=1)  # (K, 3)
-    system = torch.zeros(count + 3, count + 3, device=control.device, dtype=control.dtype)
-    system[:count, :count] = kernel
-    system[:count, count:] = affine
-    system[count:, :count] = affine.T
     rhs = torch.cat([target, target.new_zeros(target.shape[0], 3, 2)], dim=1)  # (N, K + 3, 2)
-    return torch.linalg.solve(system, rhs)
+    return torch.linalg.solve(tps_system(control), rhs)
 
 
 def tps_grid(control: torch.Tensor, coefficients: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -2,7 +2,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stn.models import ConvClassifier, LocalizationNet, SpatialTransformer, STNClassifier, max_depth
+from stn.models import (
+    ConvClassifier,
+    LocalizationNet,
+    ProjectiveTransformer,
+    SpatialTransformer,
+    STNClassifier,
+    ThinPlateSplineTransformer,
+    max_depth,
+)
 from stn.models.localization import IDENTITY_THETA
 
 BACKGROUND = -0.1307 / 0.3081  # normalised MNIST background
@@ -83,3 +91,43 @@ def test_cnn_baseline_has_no_transformer():
     transformed, theta = model.transform(images)
     assert theta is None and transformed is images
     assert model(images).shape == (3, 10)
+
+
+@pytest.mark.parametrize("transformer", [ProjectiveTransformer, ThinPlateSplineTransformer])
+def test_projective_and_spline_transformers_start_as_the_identity_and_learn(transformer):
+    torch.manual_seed(0)
+    images = torch.randn(6, 1, 28, 28)
+    model = STNClassifier(ConvClassifier(), transformer(LocalizationNet(), fill_value=BACKGROUND))
+    transformed, theta = model.transform(images)
+    assert torch.allclose(transformed, images, atol=5e-4)
+    assert (
+        theta.shape == {ProjectiveTransformer: (6, 3, 3), ThinPlateSplineTransformer: (6, 16, 2)}[transformer]
+    )
+    F.cross_entropy(model(images), torch.randint(0, 10, (6,))).backward()
+    head = model.transformer.localization.regressor[-1]
+    assert head.weight.grad.abs().sum() > 0  # gradients reach the parameters through the grid
+
+
+def test_projective_grid_with_an_affine_matrix_is_the_affine_grid():
+    transformer = ProjectiveTransformer(LocalizationNet())
+    affine = torch.tensor([[[0.9, -0.2, 0.1], [0.3, 1.1, -0.2]]])
+    projective = torch.cat([affine, torch.tensor([[[0.0, 0.0, 1.0]]])], dim=1)
+    size = (1, 1, 28, 28)
+    expected = F.affine_grid(affine, size, align_corners=False)
+    assert torch.allclose(transformer.sampling_grid(projective, size), expected, atol=1e-5)
+
+
+def test_spline_with_every_control_point_shifted_is_a_translation():
+    transformer = ThinPlateSplineTransformer(LocalizationNet())
+    shift = torch.tensor([0.2, -0.1])
+    theta = (transformer.control + shift).unsqueeze(0)  # (1, 16, 2)
+    grid = transformer.sampling_grid(theta, (1, 1, 28, 28))
+    identity = F.affine_grid(torch.tensor([[[1.0, 0, 0], [0, 1, 0]]]), (1, 1, 28, 28), align_corners=False)
+    assert torch.allclose(grid, identity + shift, atol=1e-4)
+
+
+def test_grid_transformers_reject_align_corners():
+    with pytest.raises(
+        ValueError, match="model.align_corners=true is not supported by ProjectiveTransformer"
+    ):
+        ProjectiveTransformer(LocalizationNet(), align_corners=True)

@@ -148,7 +148,14 @@ def test_debug_configs_run(debug: str, tmp_path: Path, mnist_dir: Path):
 
 def test_distorted_variant_trains_end_to_end(tmp_path: Path, mnist_dir: Path):
     run_dir = tmp_path / "cluttered"
-    run("stn.train", *SMALL, "data=mnist_cluttered", f"hydra.run.dir={run_dir}", data_dir=mnist_dir)
+    run(
+        "stn.train",
+        *SMALL,
+        "data=mnist_cluttered",
+        "model=stn_tps",
+        f"hydra.run.dir={run_dir}",
+        data_dir=mnist_dir,
+    )
     assert "test/acc" in json.loads((run_dir / "metrics.json").read_text())
     evaluated = run(
         "stn.eval", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "data=mnist_cluttered",

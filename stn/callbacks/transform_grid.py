@@ -8,8 +8,6 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import make_grid
 
-from stn.models.localization import IDENTITY_THETA
-
 
 class TransformGridLogger(L.Callback):
     """Writes one image per validation epoch: the input grid on the left, the transformed grid on the
@@ -73,8 +71,9 @@ class TransformGridLogger(L.Callback):
         step = trainer.global_step
         experiment.add_image(self.tag, side_by_side, global_step=step)
         if self.log_theta:
-            identity = torch.tensor(IDENTITY_THETA, device=theta.device).view(1, 2, 3)
-            distance = (theta - identity).flatten(1).norm(dim=1).mean()
-            scale = torch.linalg.det(theta[:, :, :2]).mean()
+            identity = net.transformer.identity().to(theta.device)
+            distance = (theta.flatten(1)[:, : identity.numel()] - identity).norm(dim=1).mean()
             experiment.add_scalar("val/theta_distance_from_identity", distance.item(), step)
-            experiment.add_scalar("val/theta_scale", scale.item(), step)
+            if theta.shape[-2:] in ((2, 3), (3, 3)):  # affine or projective: a linear part to measure
+                scale = torch.linalg.det(theta[:, :2, :2]).mean()
+                experiment.add_scalar("val/theta_scale", scale.item(), step)

@@ -1,5 +1,13 @@
 from stn.models.classifier import ConvClassifier, STNClassifier
 from stn.models.localization import LocalizationNet, max_depth
-from stn.models.transformer import SpatialTransformer
+from stn.models.transformer import ProjectiveTransformer, SpatialTransformer, ThinPlateSplineTransformer
 
-__all__ = ["ConvClassifier", "LocalizationNet", "STNClassifier", "SpatialTransformer", "max_depth"]
+__all__ = [
+    "ConvClassifier",
+    "LocalizationNet",
+    "ProjectiveTransformer",
+    "STNClassifier",
+    "SpatialTransformer",
+    "ThinPlateSplineTransformer",
+    "max_depth",
+]

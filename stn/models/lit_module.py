@@ -19,13 +19,16 @@ from stn.models.transformer import SpatialTransformer
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
+TransformerFactory = Callable[..., SpatialTransformer]  # (localization, align_corners=, fill_value=)
 
 
 class STNLitModule(L.LightningModule):
     """Trains `classifier`, with a spatial transformer in front of it when `localization` is given.
 
     `optimizer` and `scheduler` are factories (Hydra partials) that get the parameter groups and
-    the optimizer. The localization net is its own parameter group with its learning rate scaled
+    the optimizer; `transformer` builds the spatial transformer around `localization` (affine by
+    default; `ProjectiveTransformer`, `ThinPlateSplineTransformer`). The localization net is its
+    own parameter group with its learning rate scaled
     by `localization_lr_scale`: a smaller step keeps theta from jumping early in training.
 
     The training step never waits for the device: metrics accumulate on it (no per-step
@@ -51,21 +54,24 @@ class STNLitModule(L.LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         compile_mode: str = "default",
+        transformer: TransformerFactory = SpatialTransformer,
     ) -> None:
         super().__init__()
         # modules and factories stay out of the checkpoint's hparams so it loads with weights_only;
         # the full config is in the run folder (.hydra/config.yaml) and the logger's hparams
         self.save_hyperparameters(
-            logger=False, ignore=["classifier", "localization", "optimizer", "scheduler"]
+            logger=False, ignore=["classifier", "localization", "optimizer", "scheduler", "transformer"]
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        transformer = None
+        spatial_transformer = None
         if localization is not None:
             # raw background 0 after normalisation; see SpatialTransformer
             fill_value = -input_mean / input_std if pad_with_background else 0.0
-            transformer = SpatialTransformer(localization, align_corners, fill_value)
-        self.net = STNClassifier(classifier, transformer)
+            spatial_transformer = transformer(
+                localization, align_corners=align_corners, fill_value=fill_value
+            )
+        self.net = STNClassifier(classifier, spatial_transformer)
 
         if channels_last:
             self.net.to(memory_format=torch.channels_last)

@@ -1,4 +1,4 @@
-"""Localization network: regresses the 6 affine parameters theta from the input image."""
+"""Localization network: regresses the transformer's parameters (6 for an affine theta) from the image."""
 
 from __future__ import annotations
 
@@ -82,11 +82,18 @@ class LocalizationNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(hidden, 6),
         )
-        theta_layer = self.regressor[-1]
-        nn.init.zeros_(theta_layer.weight)
+        self.reset_head(torch.tensor(IDENTITY_THETA))
+
+    def reset_head(self, identity: torch.Tensor) -> None:
+        """Make the last layer output `len(identity)` parameters, starting at exactly `identity`
+        (zero weight, identity bias): the transformer that owns this net decides what they mean."""
+        hidden = self.regressor[-1].in_features
+        head = nn.Linear(hidden, identity.numel())
+        nn.init.zeros_(head.weight)
         with torch.no_grad():
-            theta_layer.bias.copy_(torch.tensor(IDENTITY_THETA))
+            head.bias.copy_(identity.flatten())
+        self.regressor[-1] = head
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) images -> (N, 2, 3) affine matrices theta."""
-        return self.regressor(self.features(images)).view(-1, 2, 3)  # (N, 2, 3)
+        """(N, C, H, W) images -> (N, P) transformation parameters (P = 6 for an affine theta)."""
+        return self.regressor(self.features(images))

@@ -1,4 +1,6 @@
-"""The spatial transformer: theta from a localization net, then a sampling grid and bilinear sampling."""
+"""Spatial transformers: parameters from a localization net, a sampling grid from them, then
+bilinear sampling. Affine (the tutorial's, 6 parameters), projective (8) and thin-plate spline
+(2 per control point); each starts as the identity."""
 
 from __future__ import annotations
 
@@ -6,9 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stn.geometry import control_grid, homography_grid, tps_grid, tps_system
+from stn.models.localization import IDENTITY_THETA
+
 
 class SpatialTransformer(nn.Module):
     """Warps its input with the affine transform predicted by `localization`.
+
+    Subclasses change the parametrisation (`identity`, `to_theta`) and the grid
+    (`sampling_grid`); `localization`'s last layer is resized to their parameter count.
 
     `fill_value` is what the image shows outside its borders. `grid_sample` pads with 0, but
     normalised MNIST has its background at -mean/std (about -0.42): padding with 0 would paint a
@@ -28,12 +36,23 @@ class SpatialTransformer(nn.Module):
         self.align_corners = align_corners
         self.fill_value = fill_value
         self.output_size = tuple(output_size) if output_size is not None else None
+        localization.reset_head(self.identity())
+
+    def identity(self) -> torch.Tensor:
+        """The flat parameters of the identity transform: where the localization net starts."""
+        return torch.tensor(IDENTITY_THETA)
+
+    def to_theta(self, parameters: torch.Tensor) -> torch.Tensor:
+        return parameters.view(-1, 2, 3)  # (N, 2, 3)
+
+    def sampling_grid(self, theta: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
+        return F.affine_grid(theta, size, align_corners=self.align_corners)  # (N, H, W, 2)
 
     def warp(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """Sample (N, C, H, W) images at the grid given by (N, 2, 3) theta."""
+        """Sample (N, C, H, W) images at the grid given by theta."""
         height, width = self.output_size or images.shape[-2:]
         size = (images.shape[0], images.shape[1], height, width)
-        sampling_grid = F.affine_grid(theta, size, align_corners=self.align_corners)  # (N, H, W, 2)
+        sampling_grid = self.sampling_grid(theta, size)  # (N, H, W, 2)
         if self.fill_value == 0.0:
             return F.grid_sample(images, sampling_grid, align_corners=self.align_corners)
         shifted = images - self.fill_value
@@ -41,6 +60,52 @@ class SpatialTransformer(nn.Module):
         return warped + self.fill_value
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the transformed images and the (N, 2, 3) theta that produced them."""
-        theta = self.localization(images)
+        """Returns the transformed images and the theta that produced them ((N, 2, 3) here)."""
+        theta = self.to_theta(self.localization(images))
         return self.warp(images, theta), theta
+
+
+class _NormalisedGridTransformer(SpatialTransformer):
+    """Grids built in `grid_sample`'s align_corners=False coordinates (stn/geometry.py)."""
+
+    def __init__(self, localization: nn.Module, align_corners: bool = False, **kwargs) -> None:
+        if align_corners:
+            raise ValueError(f"model.align_corners=true is not supported by {type(self).__name__}")
+        super().__init__(localization, align_corners=False, **kwargs)
+
+
+class ProjectiveTransformer(_NormalisedGridTransformer):
+    """An 8-parameter homography: theta is a (N, 3, 3) matrix with theta[2, 2] = 1."""
+
+    def identity(self) -> torch.Tensor:
+        return torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
+
+    def to_theta(self, parameters: torch.Tensor) -> torch.Tensor:
+        return torch.cat([parameters, torch.ones_like(parameters[:, :1])], dim=1).view(-1, 3, 3)
+
+    def sampling_grid(self, theta: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
+        return homography_grid(theta, size[2], size[3])
+
+
+class ThinPlateSplineTransformer(_NormalisedGridTransformer):
+    """A thin-plate spline through `points_per_side`^2 control points on a square grid: theta is
+    where each control point samples the input, (N, K, 2), starting at the points themselves."""
+
+    def __init__(self, localization: nn.Module, points_per_side: int = 4, **kwargs) -> None:
+        self.points_per_side = points_per_side  # identity() needs it while the base class builds
+        super().__init__(localization, **kwargs)
+        control = control_grid(points_per_side)  # (K, 2)
+        self.register_buffer("control", control, persistent=False)
+        # the spline's linear system depends on the control points only: invert it once
+        self.register_buffer("system_inverse", torch.linalg.inv(tps_system(control)), persistent=False)
+
+    def identity(self) -> torch.Tensor:
+        return control_grid(self.points_per_side).flatten()
+
+    def to_theta(self, parameters: torch.Tensor) -> torch.Tensor:
+        return parameters.view(parameters.shape[0], -1, 2)  # (N, K, 2)
+
+    def sampling_grid(self, theta: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
+        count = self.control.shape[0]
+        coefficients = self.system_inverse[:, :count] @ theta  # (N, K + 3, 2)
+        return tps_grid(self.control, coefficients, size[2], size[3])
