@@ -14,6 +14,7 @@ from pathlib import Path
 
 import hydra
 import lightning as L
+import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,6 +29,14 @@ def _floats(metrics: dict) -> dict[str, float]:
     return {name: float(value) for name, value in metrics.items()}
 
 
+def parameter_counts(net: torch.nn.Module) -> str:
+    """Trainable parameters of the classifier, the transformer and both: comparable models keep
+    these close, as the paper does."""
+    parts = {name: sum(p.numel() for p in part.parameters()) for name, part in net.named_children()}
+    parts["total"] = sum(p.numel() for p in net.parameters())
+    return ", ".join(f"{name} {count:,}" for name, count in parts.items())
+
+
 def train(cfg: DictConfig) -> dict[str, float | str]:
     """Fit and test as `cfg` says; returns every logged metric (and `best_model_path`) and writes
     them to the run folder's metrics.json."""
@@ -38,6 +47,7 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
     log.info("Instantiating data <%s>, model <%s>", cfg.data._target_, cfg.model._target_)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
+    log.info("Parameters: %s", parameter_counts(model.net))
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)

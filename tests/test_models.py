@@ -4,6 +4,8 @@ import torch.nn.functional as F
 
 from stn.models import (
     ConvClassifier,
+    FullyConnectedClassifier,
+    FullyConnectedLocalization,
     LocalizationNet,
     ProjectiveTransformer,
     SpatialTransformer,
@@ -12,6 +14,7 @@ from stn.models import (
     max_depth,
 )
 from stn.models.localization import IDENTITY_THETA
+from stn.train import parameter_counts
 
 BACKGROUND = -0.1307 / 0.3081  # normalised MNIST background
 
@@ -131,3 +134,20 @@ def test_grid_transformers_reject_align_corners():
         ValueError, match="model.align_corners=true is not supported by ProjectiveTransformer"
     ):
         ProjectiveTransformer(LocalizationNet(), align_corners=True)
+
+
+def test_fully_connected_baseline_and_st_fcn():
+    torch.manual_seed(0)
+    images = torch.randn(4, 1, 42, 42)
+    fcn = FullyConnectedClassifier(image_size=42)
+    assert fcn(images).shape == (4, 10)
+    st_fcn = STNClassifier(
+        FullyConnectedClassifier(image_size=42),
+        SpatialTransformer(FullyConnectedLocalization(image_size=42), fill_value=BACKGROUND),
+    )
+    transformed, theta = st_fcn.transform(images)
+    assert theta.shape == (4, 2, 3) and torch.allclose(transformed, images, atol=1e-5)
+    classifier = (1764 * 128 + 128) + (128 * 128 + 128) + (128 * 10 + 10)  # 42x42 -> 128 -> 128 -> 10
+    localization = (1764 * 32 + 32) + (32 * 32 + 32) + (32 * 6 + 6)  # 42x42 -> 32 -> 32 -> 6
+    expected = f"transformer {localization:,}, classifier {classifier:,}, total {classifier + localization:,}"
+    assert parameter_counts(st_fcn) == expected

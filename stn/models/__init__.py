@@ -1,9 +1,11 @@
-from stn.models.classifier import ConvClassifier, STNClassifier
-from stn.models.localization import LocalizationNet, max_depth
+from stn.models.classifier import ConvClassifier, FullyConnectedClassifier, STNClassifier
+from stn.models.localization import FullyConnectedLocalization, LocalizationNet, max_depth
 from stn.models.transformer import ProjectiveTransformer, SpatialTransformer, ThinPlateSplineTransformer
 
 __all__ = [
     "ConvClassifier",
+    "FullyConnectedClassifier",
+    "FullyConnectedLocalization",
     "LocalizationNet",
     "ProjectiveTransformer",
     "STNClassifier",

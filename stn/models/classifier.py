@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
+from stn.models.layers import mlp
 from stn.models.transformer import SpatialTransformer
 
 
@@ -45,6 +48,25 @@ class ConvClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(images))
+
+
+class FullyConnectedClassifier(nn.Module):
+    """The paper's FCN baseline: the flattened image through fully connected ReLU layers."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 28,
+        num_classes: int = 10,
+        hidden: Sequence[int] = (128, 128),
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        sizes = [in_channels * image_size * image_size, *hidden, num_classes]
+        self.layers = nn.Sequential(nn.Flatten(), *mlp(sizes, dropout))  # (N, C * H * W) -> (N, classes)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.layers(images)
 
 
 class STNClassifier(nn.Module):

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from stn.models.layers import identity_head, mlp
+
 IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 POOL = 2
 # one entry per possible block; the first two are the tutorial's
@@ -87,13 +89,26 @@ class LocalizationNet(nn.Module):
     def reset_head(self, identity: torch.Tensor) -> None:
         """Make the last layer output `len(identity)` parameters, starting at exactly `identity`
         (zero weight, identity bias): the transformer that owns this net decides what they mean."""
-        hidden = self.regressor[-1].in_features
-        head = nn.Linear(hidden, identity.numel())
-        nn.init.zeros_(head.weight)
-        with torch.no_grad():
-            head.bias.copy_(identity.flatten())
-        self.regressor[-1] = head
+        self.regressor[-1] = identity_head(self.regressor[-1].in_features, identity)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) images -> (N, P) transformation parameters (P = 6 for an affine theta)."""
         return self.regressor(self.features(images))
+
+
+class FullyConnectedLocalization(nn.Module):
+    """The ST-FCN's localization net: fully connected ReLU layers on the flattened image."""
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, hidden: Sequence[int] = (32, 32)) -> None:
+        super().__init__()
+        layers = [nn.Flatten(), *mlp([in_channels * image_size * image_size, *hidden], dropout=0.0)]
+        self.regressor = nn.Sequential(
+            *layers, nn.ReLU(inplace=True), identity_head(hidden[-1], torch.tensor(IDENTITY_THETA))
+        )
+
+    def reset_head(self, identity: torch.Tensor) -> None:
+        self.regressor[-1] = identity_head(self.regressor[-1].in_features, identity)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) images -> (N, P) transformation parameters."""
+        return self.regressor(images)

@@ -38,7 +38,7 @@ def _is_int(value) -> bool:
 
 def check_localization(cfg: DictConfig) -> None:
     localization = _select(cfg, "model.localization")
-    if localization is None:
+    if localization is None or "depth" not in localization:  # no transformer, or not a conv stack
         return
     image_size = localization.get("image_size", 28)
     kernel_sizes = list(localization.get("kernel_sizes", DEFAULT_KERNEL_SIZES))
