@@ -181,3 +181,22 @@ def test_inverted_range_is_one_sentence(tmp_path: Path, mnist_dir: Path):
         data_dir=mnist_dir, check=False,
     )  # fmt: skip
     assert_one_sentence_error(process, "data.distortion.degrees=[45, -45] is inverted: min must be <= max")
+
+
+def test_paper_grid_and_table(tmp_path: Path, mnist_dir: Path):
+    sweep_dir = tmp_path / "grid"
+    run(
+        "stn.train", "--multirun", "experiment=paper", *SMALL, "data=mnist_rot", "model=cnn,stn",
+        "data.batch_size=64", f"hydra.sweep.dir={sweep_dir}", data_dir=mnist_dir,
+    )  # fmt: skip
+    table = run("stn.paper_table", str(sweep_dir), "--out", str(tmp_path / "table"), data_dir=mnist_dir)
+    markdown = (tmp_path / "table" / "paper_table.md").read_text()
+    assert markdown in table.stdout
+    rows = {line.split(" | ")[0].strip("| "): line for line in markdown.splitlines() if line.startswith("| ")}
+    for model, paper_error in (("CNN", "1.2"), ("ST-CNN Aff", "0.7")):
+        assert "(n=1)" in rows[model].split(" | ")[1] and f"({paper_error})" in rows[model]
+    csv_rows = (tmp_path / "table" / "paper_table.csv").read_text().splitlines()
+    assert csv_rows[0].startswith("model,R ours,RTS ours") and len(csv_rows) == 3
+    assert (tmp_path / "table" / "paper_R.png").is_file()  # input vs the STN's output
+    empty = run("stn.paper_table", str(tmp_path / "table"), data_dir=mnist_dir, check=False)
+    assert empty.returncode != 0 and "no finished run on a distorted variant" in empty.stderr

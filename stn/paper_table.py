@@ -1,0 +1,183 @@
+"""The STN paper's results table from finished runs:
+
+    python -m stn.paper_table outputs/multirun/<date>/<time> [--out DIR] [--no-images]
+
+Finds every finished run below the folder (a `metrics.json` next to `.hydra/`), reads which
+`data=` and `model=` it used (Hydra's runtime choices) and its test accuracy, and writes
+`paper_table.md` and `paper_table.csv`: rows = models, columns = R / RTS / P / E / TC, cells =
+mean test error % ± std over seeds (and how many seeds), with the paper's published errors
+beside ours. Unless --no-images, also `paper_<variant>.png` per variant: the same fixed test
+digits, then what each trained transformer makes of them (one row per model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torchvision.utils import make_grid, save_image
+
+os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
+
+VARIANTS = {
+    "mnist_rot": "R",
+    "mnist_rts": "RTS",
+    "mnist_proj": "P",
+    "mnist_elastic": "E",
+    "mnist_cluttered": "TC",
+}
+MODELS = {
+    "fcn": "FCN",
+    "st_fcn": "ST-FCN Aff",
+    "cnn": "CNN",
+    "stn": "ST-CNN Aff",
+    "stn_proj": "ST-CNN Proj",
+    "stn_tps": "ST-CNN TPS",
+}
+# test error %, Jaderberg et al. 2015: table 1 (R, RTS, P, E) and the 60x60 cluttered MNIST text
+PAPER = {
+    "fcn": {"R": 2.1, "RTS": 5.2, "P": 3.1, "E": 3.2},
+    "cnn": {"R": 1.2, "RTS": 0.8, "P": 1.5, "E": 1.4, "TC": 3.5},
+    "stn": {"R": 0.7, "RTS": 0.5, "P": 0.8, "E": 1.2, "TC": 1.7},
+    "stn_proj": {"R": 0.8, "RTS": 0.6, "P": 0.8, "E": 1.3},
+    "stn_tps": {"R": 0.7, "RTS": 0.5, "P": 0.8, "E": 1.1},
+}
+
+
+@dataclass
+class Run:
+    folder: Path
+    variant: str  # R, RTS, P, E, TC
+    model: str  # the model= choice
+    seed: int | None
+    error: float  # test error %
+    checkpoint: str
+
+
+def find_runs(root: Path) -> list[Run]:
+    """Every finished run below `root` trained on a distorted variant."""
+    runs = []
+    for metrics_file in sorted(root.rglob("metrics.json")):
+        folder = metrics_file.parent
+        hydra_file = folder / ".hydra" / "hydra.yaml"
+        if not hydra_file.is_file():
+            continue
+        choices = OmegaConf.load(hydra_file).hydra.runtime.choices
+        metrics = json.loads(metrics_file.read_text())
+        if choices.get("data") not in VARIANTS or "test/acc" not in metrics:
+            continue
+        config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+        runs.append(
+            Run(
+                folder=folder,
+                variant=VARIANTS[choices["data"]],
+                model=choices.get("model"),
+                seed=config.get("seed"),
+                error=100 * (1 - metrics["test/acc"]),
+                checkpoint=metrics.get("best_model_path", ""),
+            )
+        )
+    return runs
+
+
+def cell(errors: list[float]) -> str:
+    if not errors:
+        return ""
+    spread = statistics.stdev(errors) if len(errors) > 1 else 0.0
+    return f"{statistics.mean(errors):.2f} ± {spread:.2f} (n={len(errors)})"
+
+
+def write_table(runs: list[Run], out: Path) -> str:
+    columns = list(VARIANTS.values())
+    models = [m for m in MODELS if any(r.model == m for r in runs)]
+    models += sorted({r.model for r in runs} - set(models))
+    header = ["model"] + [f"{c} ours" for c in columns] + [f"{c} paper" for c in columns]
+    rows = []
+    for model in models:
+        ours = [cell([r.error for r in runs if r.model == model and r.variant == c]) for c in columns]
+        paper = [str(PAPER.get(model, {}).get(c, "")) for c in columns]
+        rows.append([MODELS.get(model, model), *ours, *paper])
+    with (out / "paper_table.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([header, *rows])
+    lines = [
+        "| model | " + " | ".join(f"{c} (paper)" for c in columns) + " |",
+        "| --- |" + " --- |" * len(columns),
+    ]
+    for row in rows:
+        ours, paper = row[1 : 1 + len(columns)], row[1 + len(columns) :]
+        cells = [f"{o or '—'} ({p or '—'})" for o, p in zip(ours, paper, strict=True)]
+        lines.append(f"| {row[0]} | " + " | ".join(cells) + " |")
+    markdown = "Test error %, mean ± std over seeds (paper's error in brackets)\n\n" + "\n".join(lines) + "\n"
+    (out / "paper_table.md").write_text(markdown)
+    return markdown
+
+
+def load_trained(run: Run) -> tuple[DictConfig, torch.nn.Module]:
+    cfg = OmegaConf.load(run.folder / ".hydra" / "config.yaml")
+    model = instantiate(cfg.model)
+    state = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["state_dict"])
+    return cfg, model.eval()
+
+
+def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
+    """Per variant: the first `count` fixed test digits, then each transformer model's output."""
+    written = []
+    for variant in VARIANTS.values():
+        chosen = {}
+        for run in sorted(runs, key=lambda r: (r.seed is None, r.seed)):
+            if run.variant == variant and run.model not in chosen and Path(run.checkpoint).is_file():
+                chosen[run.model] = run
+        transformers = [m for m in MODELS if m in chosen and m not in ("cnn", "fcn")]
+        if not transformers:
+            continue
+        cfg, _ = load_trained(chosen[transformers[0]])
+        datamodule = instantiate(cfg.data, test_subset=count)
+        datamodule.prepare_data()
+        datamodule.setup("test")
+        images, _ = datamodule.test_set.batch(slice(None))
+        rows = [images]
+        for model_name in transformers:
+            _, model = load_trained(chosen[model_name])
+            with torch.no_grad():
+                rows.append(model.net.transform(images)[0])
+        pixels = torch.cat(rows) * cfg.data.std + cfg.data.mean
+        path = out / f"paper_{variant}.png"
+        save_image(make_grid(pixels.clamp(0, 1), nrow=count, padding=2, pad_value=1.0), path)
+        (out / f"paper_{variant}.txt").write_text("rows: input, " + ", ".join(transformers) + "\n")
+        written.append(path)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("root", type=Path, help="a folder of finished runs (searched recursively)")
+    parser.add_argument("--out", type=Path, help="where to write the table and images (default: root)")
+    parser.add_argument("--no-images", action="store_true")
+    args = parser.parse_args()
+    if not args.root.is_dir():
+        raise SystemExit(f"error: {args.root} is not a folder of runs")
+    runs = find_runs(args.root)
+    if not runs:
+        raise SystemExit(f"error: no finished run on a distorted variant (data=mnist_*) below {args.root}")
+    out = args.out or args.root
+    out.mkdir(parents=True, exist_ok=True)
+    print(write_table(runs, out))
+    if not args.no_images:
+        for path in write_images(runs, out):
+            print(f"wrote {path}")
+    print(f"wrote {out / 'paper_table.md'} and {out / 'paper_table.csv'} ({len(runs)} runs)")
+
+
+if __name__ == "__main__":
+    main()
