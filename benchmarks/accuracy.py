@@ -62,15 +62,21 @@ def summarise(values: list[float]) -> str:
     return f"{100 * mean:.2f} ± {100 * spread:.2f} ({100 * min(values):.2f}–{100 * max(values):.2f})"
 
 
-def main() -> None:
+def runs_parser(description: str, runs: dict[str, list[str]], out: str) -> argparse.ArgumentParser:
+    """The options every runs-x-seeds benchmark takes: which runs, seeds, extra overrides, where."""
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
+    parser.add_argument("--runs", nargs="+", default=list(runs), choices=list(runs))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks" / out)
+    return parser
+
+
+def main() -> None:
+    parser = runs_parser(__doc__, RUNS, "accuracy")
     parser.add_argument("--jobs", type=int, default=1, help="runs at a time; each gets cores/jobs threads")
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks" / "accuracy")
     args = parser.parse_args()
 
     threads = max(1, (os.cpu_count() or 1) // args.jobs) if args.jobs > 1 else None

@@ -10,11 +10,9 @@ the whole command, start-up and test included.
 
 from __future__ import annotations
 
-import argparse
 import statistics
-from pathlib import Path
 
-from benchmarks.accuracy import ROOT, run_once
+from benchmarks.accuracy import run_once, runs_parser
 from benchmarks.machine import describe_machine
 
 RUNS = {
@@ -25,14 +23,7 @@ TARGET = 0.99
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--runs", nargs="+", default=list(RUNS), choices=list(RUNS))
-    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--extra", nargs="*", default=[], help="overrides added to every run")
-    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "benchmarks" / "time_to_accuracy")
-    args = parser.parse_args()
+    args = runs_parser(__doc__, RUNS, "time_to_accuracy").parse_args()
 
     results = {
         (name, seed): run_once(name, RUNS[name] + args.extra, seed, args.out)

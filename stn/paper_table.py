@@ -74,13 +74,12 @@ def find_runs(root: Path) -> list[Run]:
         metrics = json.loads(metrics_file.read_text())
         if choices.get("data") not in VARIANTS or "test/acc" not in metrics:
             continue
-        config = OmegaConf.load(folder / ".hydra" / "config.yaml")
         runs.append(
             Run(
                 folder=folder,
                 variant=VARIANTS[choices["data"]],
                 model=choices.get("model"),
-                seed=config.get("seed"),
+                seed=OmegaConf.load(folder / ".hydra" / "config.yaml").get("seed"),
                 error=100 * (1 - metrics["test/acc"]),
                 checkpoint=metrics.get("best_model_path", ""),
             )
@@ -120,12 +119,15 @@ def write_table(runs: list[Run], out: Path) -> str:
     return markdown
 
 
-def load_trained(run: Run) -> tuple[DictConfig, torch.nn.Module]:
-    cfg = OmegaConf.load(run.folder / ".hydra" / "config.yaml")
-    model = instantiate(cfg.model)
+def run_config(run: Run) -> DictConfig:
+    return OmegaConf.load(run.folder / ".hydra" / "config.yaml")
+
+
+def load_trained(run: Run) -> torch.nn.Module:
+    model = instantiate(run_config(run).model)
     state = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(state["state_dict"])
-    return cfg, model.eval()
+    return model.eval()
 
 
 def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
@@ -139,14 +141,14 @@ def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
         transformers = [m for m in MODELS if m in chosen and m not in ("cnn", "fcn")]
         if not transformers:
             continue
-        cfg, _ = load_trained(chosen[transformers[0]])
+        cfg = run_config(chosen[transformers[0]])
         datamodule = instantiate(cfg.data, test_subset=count)
         datamodule.prepare_data()
         datamodule.setup("test")
         images, _ = datamodule.test_set.batch(slice(None))
         rows = [images]
         for model_name in transformers:
-            _, model = load_trained(chosen[model_name])
+            model = load_trained(chosen[model_name])
             with torch.no_grad():
                 rows.append(model.net.transform(images)[0])
         pixels = torch.cat(rows) * cfg.data.std + cfg.data.mean

@@ -100,9 +100,8 @@ class RotationScaleTranslation(Distortion):
         scale = _uniform(count, self.scale, generator)
         # the digit's box (28 * scale) stays inside the canvas; a canvas too small for it: centred
         room = ((self.canvas_size - MNIST_SIZE * scale) / 2).clamp_min(0)  # (N,) pixels either side
-        translation = (2 * torch.rand(count, 2, generator=generator, device=generator.device) - 1) * room[
-            :, None
-        ]
+        unit = 2 * torch.rand(count, 2, generator=generator, device=generator.device) - 1  # (N, 2) in [-1, 1)
+        translation = unit * room[:, None]
         theta = affine_theta(angle, scale, translation, MNIST_SIZE, self.canvas_size)  # (N, 2, 3)
         size = (count, images.shape[1], self.canvas_size, self.canvas_size)
         grid = torch.nn.functional.affine_grid(theta, size, align_corners=False)
@@ -142,17 +141,18 @@ class Projective(Distortion):
         count = images.shape[0]
         scale = _uniform(count, self.scale, generator)
         image_corners = control_grid(2, device=images.device)  # (4, 2): the input's corners
+        scaled_corners = image_corners * scale[:, None, None]  # (N, 4, 2)
         std = self.corner_std_px * 2 / MNIST_SIZE  # pixels -> normalised units
         shift = _normal((count, 4, 2), std, generator)
         # a quadrilateral that folds over (a corner crossing an edge) is not a view of the digit:
         # draw those corners again (a few rounds, then leave that one undistorted)
         for attempt in range(self.redraws + 1):
-            folded = ~_convex_same_orientation(image_corners * scale[:, None, None] + shift)
+            folded = ~_convex_same_orientation(scaled_corners + shift)
             if attempt == self.redraws:
                 shift[folded] = 0.0
             elif folded.any():
                 shift = torch.where(folded[:, None, None], _normal((count, 4, 2), std, generator), shift)
-        drawn_corners = image_corners * scale[:, None, None] + shift  # where they land in the output
+        drawn_corners = scaled_corners + shift  # where they land in the output
         # output -> input: the drawn corners sample the image's corners
         homography = homography_from_points(drawn_corners, image_corners.expand(count, 4, 2))
         grid = homography_grid(homography, MNIST_SIZE, MNIST_SIZE)

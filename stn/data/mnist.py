@@ -8,7 +8,7 @@ Two ways to serve batches, chosen by `fast_path`:
 - plain path: a DataLoader over the same tensors on the CPU (`InMemoryImages.__getitems__`
   fetches a whole batch with one index), the batches then copied to the device by Lightning.
 
-Both draw their order from the same `EpochShuffle` and normalise with the same `normalize`, so
+Both draw their order from the same `EpochShuffle` and normalise in `InMemoryImages.batch`, so
 they give identical batches for the same seed (tests/test_datamodule.py).
 """
 
@@ -37,11 +37,6 @@ class MNISTDataError(RuntimeError):
     """MNIST is missing or corrupt where it was expected."""
 
 
-def normalize(images: torch.Tensor, mean: float, std: float) -> torch.Tensor:
-    """uint8 pixels (N, 1, H, W) -> float32 (x / 255 - mean) / std, on the tensor's own device."""
-    return images.float().div_(255).sub_(mean).div_(std)
-
-
 class EpochShuffle(Sampler[int]):
     """A fresh permutation each epoch, drawn from (seed, epoch) alone.
 
@@ -56,12 +51,15 @@ class EpochShuffle(Sampler[int]):
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def _epoch_seed(self) -> int:
+        return (self.seed % 2**32) * 2**20 + self.epoch
+
     def generator(self, device: torch.device) -> torch.Generator:
         """A generator on `device` for this epoch's random augmentations (a stream of its own)."""
-        return torch.Generator(device=device).manual_seed(2**60 + (self.seed % 2**32) * 2**20 + self.epoch)
+        return torch.Generator(device=device).manual_seed(2**60 + self._epoch_seed())
 
     def permutation(self) -> torch.Tensor:
-        generator = torch.Generator().manual_seed((self.seed % 2**32) * 2**20 + self.epoch)
+        generator = torch.Generator().manual_seed(self._epoch_seed())
         return torch.randperm(self.size, generator=generator)
 
     def __iter__(self) -> Iterator[int]:
@@ -94,11 +92,12 @@ class InMemoryImages(Dataset):
         distortion: Distortion | None = None,
         generator: torch.Generator | None = None,
     ) -> Batch:
-        """Normalised images and labels at `index`; with a `distortion`, distorted first (in
-        [0, 1] pixel space, drawing from `generator`), then normalised."""
-        if distortion is None:
-            return normalize(self.images[index], self.mean, self.std), self.labels[index]
-        pixels, _ = distortion(self.images[index].float().div_(255), generator)
+        """Normalised float32 images, (x / 255 - mean) / std, and labels at `index`, on the
+        tensors' device; with a `distortion`, distorted first (in [0, 1] pixel space, drawing from
+        `generator`)."""
+        pixels = self.images[index].float().div_(255)  # (N, 1, H, W) in [0, 1]
+        if distortion is not None:
+            pixels, _ = distortion(pixels, generator)
         return pixels.sub_(self.mean).div_(self.std), self.labels[index]
 
     def __getitem__(self, index: int) -> Batch:
@@ -137,12 +136,10 @@ class DeviceBatches:
     ) -> None:
         if distortion is not None and sampler is None:
             raise ValueError("fresh distortions per batch need a sampler (its seed and epoch seed them)")
-        self.dataset, self.batch_size, self.sampler, self.distortion = (
-            dataset,
-            batch_size,
-            sampler,
-            distortion,
-        )
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.sampler = sampler
+        self.distortion = distortion
         self.batch_sampler = None  # what Lightning looks for on a DataLoader
 
     def __len__(self) -> int:

@@ -59,8 +59,12 @@ def check_localization(cfg: DictConfig) -> None:
         )
 
 
+def _accelerator(cfg: DictConfig) -> str:
+    return str(_select(cfg, "trainer.accelerator") or "auto").lower()
+
+
 def check_accelerator(cfg: DictConfig) -> None:
-    accelerator = str(_select(cfg, "trainer.accelerator") or "auto").lower()
+    accelerator = _accelerator(cfg)
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ConfigError(
             f"trainer.accelerator={accelerator} asks for a CUDA GPU, but this machine has none "
@@ -69,7 +73,7 @@ def check_accelerator(cfg: DictConfig) -> None:
 
 
 def _device_type(cfg: DictConfig) -> str:
-    accelerator = str(_select(cfg, "trainer.accelerator") or "auto").lower()
+    accelerator = _accelerator(cfg)
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
         return "cuda"
     return "cpu"
