@@ -25,6 +25,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
+from stn.callbacks.transform_grid import at_input_size
+
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
 
 VARIANTS = {
@@ -150,7 +152,7 @@ def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
         for model_name in transformers:
             model = load_trained(chosen[model_name])
             with torch.no_grad():
-                rows.append(model.net.transform(images)[0])
+                rows.append(at_input_size(model.net.transform(images)[0], images))
         pixels = torch.cat(rows) * cfg.data.std + cfg.data.mean
         path = out / f"paper_{variant}.png"
         save_image(make_grid(pixels.clamp(0, 1), nrow=count, padding=2, pad_value=1.0), path)

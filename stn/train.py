@@ -15,11 +15,14 @@ from pathlib import Path
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from stn.utils.checks import check_config
 from stn.utils.instantiators import instantiate_group, user_errors_reported
+from stn.utils.parallel import apply_job_share
+from stn.utils.resume import apply_resume_point
 
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
 log = logging.getLogger(__name__)
@@ -37,10 +40,44 @@ def parameter_counts(net: torch.nn.Module) -> str:
     return ", ".join(f"{name} {count:,}" for name, count in parts.items())
 
 
+# the HParams tab's columns besides the sweep's own keys, and its metrics
+HPARAMS = (
+    "model.optimizer.lr",
+    "model.optimizer.weight_decay",
+    "model.localization.depth",
+    "data.batch_size",
+    "trainer.max_epochs",
+    "seed",
+)
+HPARAM_METRICS = ("val/acc_best", "test/acc")
+
+
+def tensorboard_hparams(cfg: DictConfig, overrides: list[str], choices: dict) -> dict:
+    """What TensorBoard's HParams tab shows for this run: the chosen config groups, the usual
+    hyperparameters and every key the command line set (so a sweep's parameters are columns)."""
+    hparams = {f"{group}": choice for group, choice in choices.items() if group in ("data", "model")}
+    keys = list(HPARAMS) + [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None)
+        if value is not None and not OmegaConf.is_config(value) and not key.startswith("hydra"):
+            hparams[key] = value
+    return hparams
+
+
+def _hydra_runtime() -> tuple[DictConfig | None, list[str], dict]:
+    if not HydraConfig.initialized():
+        return None, [], {}
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg, list(hydra_cfg.overrides.task), dict(hydra_cfg.runtime.choices)
+
+
 def train(cfg: DictConfig) -> dict[str, float | str]:
     """Fit and test as `cfg` says; returns every logged metric (and `best_model_path`) and writes
     them to the run folder's metrics.json."""
     check_config(cfg)
+    hydra_cfg, overrides, choices = _hydra_runtime()
+    apply_job_share(cfg, hydra_cfg)
+    ckpt_path = apply_resume_point(cfg, overrides)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -51,13 +88,15 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
     callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
+    hparams = tensorboard_hparams(cfg, overrides, choices)
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        # placeholders at step 0 name the HParams tab's metric columns; the final values follow
+        logger.log_hyperparams(hparams, metrics={f"hp/{name}": 0.0 for name in HPARAM_METRICS})
 
     metrics: dict[str, float | str] = {}
     if cfg.get("train", True):
         start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics["time/fit_seconds"] = time.perf_counter() - start
         metrics.update(_floats(trainer.callback_metrics))
 
@@ -72,6 +111,12 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
         metrics.update(_floats(trainer.callback_metrics))
         metrics["best_model_path"] = best
 
+    if not trainer.is_global_zero:  # DDP: the other ranks hold the same synced metrics
+        return metrics
+    final = {f"hp/{name}": metrics[name] for name in HPARAM_METRICS if name in metrics}
+    for logger in loggers:
+        logger.log_metrics(final, step=trainer.global_step)
+        logger.finalize("success")
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

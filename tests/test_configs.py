@@ -28,6 +28,7 @@ GROUP_OVERRIDES = [
         "trainer",
         "debug",
         "experiment",
+        "hparams_search",
     )
     for option in options(group)
 ]
@@ -52,7 +53,7 @@ def test_every_group_has_options():
 @pytest.mark.parametrize("override", GROUP_OVERRIDES)
 def test_every_config_composes_and_instantiates(override: str, tmp_path: Path, mnist_dir: Path):
     cfg = compose_config("train.yaml", [override])
-    if override == "trainer=gpu" and not torch.cuda.is_available():
+    if override in ("trainer=gpu", "trainer=ddp") and not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="trainer.accelerator=gpu asks for a CUDA GPU"):
             check_config(cfg)
         return

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import make_grid
+
+
+def at_input_size(transformed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The transformer's output shown at its input's size (nearest neighbour, so no pixels are
+    invented), for grids that put the two side by side when the transformer samples a smaller image."""
+    if transformed.shape[-2:] == images.shape[-2:]:
+        return transformed
+    return F.interpolate(transformed, size=images.shape[-2:], mode="nearest")
 
 
 class TransformGridLogger(L.Callback):
@@ -64,6 +73,7 @@ class TransformGridLogger(L.Callback):
         with torch.no_grad():
             transformed, theta = net.transform(images)
         net.train(was_training)
+        transformed = at_input_size(transformed, images)
         pair = torch.stack([images, transformed]).cpu() * self.std + self.mean  # (2, N, C, H, W)
         grids = [make_grid(part.clamp(0, 1), nrow=self.nrow, padding=2, pad_value=1.0) for part in pair]
         separator = torch.ones(grids[0].shape[0], grids[0].shape[1], 4)

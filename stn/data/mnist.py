@@ -54,9 +54,10 @@ class EpochShuffle(Sampler[int]):
     def _epoch_seed(self) -> int:
         return (self.seed % 2**32) * 2**20 + self.epoch
 
-    def generator(self, device: torch.device) -> torch.Generator:
+    def generator(self, device: torch.device, rank: int = 0) -> torch.Generator:
         """A generator on `device` for this epoch's random augmentations (a stream of its own)."""
-        return torch.Generator(device=device).manual_seed(2**60 + self._epoch_seed())
+        # each DDP rank draws its own distortions: rank r uses the stream 2**56 * r further on
+        return torch.Generator(device=device).manual_seed(2**60 + 2**56 * rank + self._epoch_seed())
 
     def permutation(self) -> torch.Tensor:
         generator = torch.Generator().manual_seed(self._epoch_seed())
@@ -125,6 +126,12 @@ class DeviceBatches:
     where Lightning finds `set_epoch`. Without a sampler the order is fixed (validation, test) and
     each batch is a view, not a copy. With a `distortion` (training on a distorted variant), every
     batch is distorted afresh, from a generator seeded by the sampler's seed and epoch.
+
+    Under DDP each of `world_size` ranks holds the whole dataset and takes its own share: in
+    training every rank draws the same permutation and keeps every `world_size`-th image from its
+    `rank` on, the same count on every rank (the last `size % world_size` of each epoch's order are
+    left out), so the ranks step in lockstep; in validation and test each rank takes a contiguous
+    block (torchmetrics sums the ranks' counts).
     """
 
     def __init__(
@@ -133,6 +140,8 @@ class DeviceBatches:
         batch_size: int,
         sampler: EpochShuffle | None = None,
         distortion: Distortion | None = None,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
         if distortion is not None and sampler is None:
             raise ValueError("fresh distortions per batch need a sampler (its seed and epoch seed them)")
@@ -141,20 +150,35 @@ class DeviceBatches:
         self.sampler = sampler
         self.distortion = distortion
         self.batch_sampler = None  # what Lightning looks for on a DataLoader
+        self.rank, self.world_size = rank, world_size
+
+    def _block(self) -> tuple[int, int]:
+        """This rank's contiguous [start, end) of an unshuffled dataset."""
+        size = len(self.dataset)
+        return size * self.rank // self.world_size, size * (self.rank + 1) // self.world_size
+
+    def _count(self) -> int:
+        if self.sampler is None:
+            start, end = self._block()
+            return end - start
+        return len(self.dataset) // self.world_size
 
     def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
+        return math.ceil(self._count() / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        size, step = len(self.dataset), self.batch_size
+        step = self.batch_size
         if self.sampler is None:
-            for first in range(0, size, step):
-                yield self.dataset.batch(slice(first, first + step))
+            start, end = self._block()
+            for first in range(start, end, step):
+                yield self.dataset.batch(slice(first, min(first + step, end)))
             return
         device = self.dataset.images.device
         order = self.sampler.permutation().to(device)  # (N,) one copy per epoch
-        generator = self.sampler.generator(device) if self.distortion is not None else None
-        for first in range(0, size, step):
+        if self.world_size > 1:  # this rank's share: (N // world_size,)
+            order = order[self.rank : self._count() * self.world_size : self.world_size]
+        generator = self.sampler.generator(device, self.rank) if self.distortion is not None else None
+        for first in range(0, len(order), step):
             yield self.dataset.batch(order[first : first + step], self.distortion, generator)
 
 
@@ -276,7 +300,10 @@ class MNISTDataModule(L.LightningDataModule):
             raise RuntimeError("call setup() before asking for a dataloader")
         sampler = EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None
         if self.hparams.fast_path:
-            return DeviceBatches(dataset.to(self.device), self.hparams.batch_size, sampler, distortion)
+            rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            return DeviceBatches(
+                dataset.to(self.device), self.hparams.batch_size, sampler, distortion, rank, world_size
+            )
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,

@@ -24,14 +24,6 @@ def _require(cfg: DictConfig, key: str, ok, allowed: str) -> None:
         raise ConfigError(f"{key}={value} is out of range: allowed {allowed}")
 
 
-def _one_device(devices) -> bool:
-    if isinstance(devices, str):
-        return devices in ("1", "auto") and not (devices == "auto" and torch.cuda.device_count() > 1)
-    if isinstance(devices, int):
-        return devices == 1 or (devices == -1 and max(torch.cuda.device_count(), 1) == 1)
-    return len(devices) == 1  # a list of device indices
-
-
 def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -56,6 +48,25 @@ def check_localization(cfg: DictConfig) -> None:
             f"model.localization.depth={depth} is out of range: allowed 1..{deepest} for a "
             f"{image_size}x{image_size} input (each block is conv -> maxpool(2), and a deeper stack "
             "shrinks the feature map below 1x1)"
+        )
+
+
+def check_image_sizes(cfg: DictConfig) -> None:
+    """The classifier is sized for what it sees: the transformer's output, or the data's canvas."""
+    classifier_size = _select(cfg, "model.classifier.image_size")
+    if classifier_size is None:
+        return
+    canvas = _select(cfg, "data.distortion.canvas_size") or 28
+    output_size = _select(cfg, "model.transformer.output_size")
+    if _select(cfg, "model.localization") is None or output_size is None:
+        seen, source = canvas, f"the data's {canvas}x{canvas} canvas (no transformer)"
+    else:
+        _require(cfg, "model.transformer.output_size", lambda v: _is_int(v) and v >= 1, "integers >= 1")
+        seen, source = output_size, f"model.transformer.output_size={output_size}"
+    if classifier_size != seen:
+        raise ConfigError(
+            f"model.classifier.image_size={classifier_size} does not match what the classifier sees: "
+            f"{source}; leave model.classifier.image_size unset to follow it"
         )
 
 
@@ -118,6 +129,7 @@ def check_distortion(cfg: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value the run cannot use."""
     check_localization(cfg)
+    check_image_sizes(cfg)
     check_distortion(cfg)
     _require(cfg, "model.optimizer.lr", lambda v: v > 0, "> 0")
     _require(cfg, "model.optimizer.weight_decay", lambda v: v >= 0, ">= 0")
@@ -128,13 +140,10 @@ def check_config(cfg: DictConfig) -> None:
     _require(cfg, "data.val_size", lambda v: _is_int(v) and 1 <= v < 60_000, "1..59999")
     _require(cfg, "data.train_subset", lambda v: _is_int(v) and v >= 1, "integers >= 1 or null")
     _require(cfg, "data.test_subset", lambda v: _is_int(v) and v >= 1, "integers >= 1 or null")
+    _require(cfg, "num_threads", lambda v: _is_int(v) and v >= 1, "integers >= 1 or null")
     _require(cfg, "trainer.max_epochs", lambda v: _is_int(v) and (v >= 1 or v == -1), "integers >= 1, or -1")
     if _select(cfg, "data.fast_path"):
         _require(cfg, "data.num_workers", lambda v: v == 0, "0 with data.fast_path=true (no DataLoader)")
-        # the device-resident batches are not sharded across processes: every rank would train on
-        # all of the data
-        _require(cfg, "trainer.devices", _one_device, "1 with data.fast_path=true (or data.fast_path=false)")
-        _require(cfg, "trainer.num_nodes", lambda v: v == 1, "1 with data.fast_path=true")
     _require(cfg, "model.compile_mode", lambda v: v in COMPILE_MODES, " | ".join(COMPILE_MODES))
     check_accelerator(cfg)
     check_precision(cfg)

@@ -38,8 +38,8 @@ def _in_multirun() -> bool:
 def user_errors_reported() -> Iterator[None]:
     """A bad config value, missing data or a speed option this machine cannot run ends a single
     run with one clear sentence (exit code 1).
-    In a multirun the error is logged and re-raised, so Hydra marks that job failed and the
-    other jobs of the sweep still run."""
+    In a multirun any error is logged into the job's log (where `stn.summarize` finds it) and
+    re-raised, so Hydra marks that job failed and the other jobs of the sweep still run."""
     try:
         yield
     except USER_ERRORS as error:
@@ -47,3 +47,8 @@ def user_errors_reported() -> Iterator[None]:
             log.error("%s", error)  # into this job's log; Hydra reports the job as failed
             raise
         sys.exit(f"error: {error}")
+    except Exception as error:
+        if _in_multirun():
+            log.debug("traceback", exc_info=True)
+            log.error("%s: %s", type(error).__name__, error)
+        raise

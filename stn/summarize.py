@@ -1,0 +1,195 @@
+"""One table for a finished sweep:
+
+    python -m stn.summarize outputs/multirun/<date>/<time> [--out DIR] [--metric val/acc_best] [--mode max]
+
+Reads every job folder of the sweep (Hydra's `.hydra/overrides.yaml`, and `metrics.json` once the
+job finished) and writes `summary.md` and `summary.csv`: one row per job with its overrides and
+final metrics, best first, then the failed jobs with their error (from the job's log). Also
+`summary.png`: the metric against each swept parameter, one panel per parameter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+METRICS = ("val/acc_best", "val/loss", "test/acc", "test/loss", "time/fit_seconds")
+
+
+@dataclass
+class Job:
+    folder: Path
+    overrides: dict[str, str]
+    metrics: dict[str, float] = field(default_factory=dict)
+    error: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.metrics)
+
+
+def job_error(folder: Path) -> str:
+    """The first line of the last error a job logged (its `<task>.log`), or what it lacks."""
+    messages = []
+    for log_file in sorted(folder.glob("*.log")):
+        for line in log_file.read_text(errors="replace").splitlines():
+            match = re.match(r"\[[^\]]*\]\[[^\]]*\]\[ERROR\] - (.*)", line)
+            if match:
+                messages.append(match.group(1))
+    return messages[-1] if messages else "no metrics.json and no error in its log (killed, or still running)"
+
+
+def load_jobs(sweep_dir: Path) -> list[Job]:
+    jobs = []
+    for recorded in sweep_dir.glob("**/.hydra/overrides.yaml"):
+        folder = recorded.parent.parent
+        overrides = {}
+        for override in OmegaConf.load(recorded):
+            key, _, value = str(override).partition("=")
+            overrides[key.lstrip("+~")] = value
+        metrics_file = folder / "metrics.json"
+        if metrics_file.is_file():
+            raw = json.loads(metrics_file.read_text())
+            metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
+            jobs.append(Job(folder, overrides, metrics))
+        else:
+            jobs.append(Job(folder, overrides, error=job_error(folder)))
+    return sorted(jobs, key=lambda j: (len(j.name), j.name))
+
+
+def swept_keys(jobs: list[Job]) -> list[str]:
+    """The override keys whose value differs between jobs (the sweep's parameters)."""
+    keys: list[str] = []
+    for job in jobs:
+        keys += [k for k in job.overrides if k not in keys]
+    return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
+
+
+def ranked(jobs: list[Job], metric: str, mode: str) -> list[Job]:
+    finished = [j for j in jobs if j.finished]
+    worst = -math.inf if mode == "max" else math.inf
+    finished.sort(key=lambda j: j.metrics.get(metric, worst), reverse=mode == "max")
+    return finished + [j for j in jobs if not j.finished]
+
+
+def _fmt(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def table_rows(jobs: list[Job], keys: list[str], metrics: list[str]) -> list[list[str]]:
+    rows = []
+    for job in jobs:
+        cells = [job.name, "ok" if job.finished else "failed"]
+        cells += [job.overrides.get(k, "") for k in keys]
+        cells += [_fmt(job.metrics.get(m)) for m in metrics]
+        cells.append(job.error or "")
+        rows.append(cells)
+    return rows
+
+
+def write_tables(jobs: list[Job], keys: list[str], metrics: list[str], out: Path) -> tuple[Path, Path]:
+    header = ["job", "status", *keys, *metrics, "error"]
+    rows = table_rows(jobs, keys, metrics)
+    csv_path = out / "summary.csv"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    md_path = out / "summary.md"
+    escape = [[cell.replace("|", "\\|") for cell in row] for row in rows]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in escape]
+    md_path.write_text("\n".join(lines) + "\n")
+    return md_path, csv_path
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def write_plot(jobs: list[Job], keys: list[str], metric: str, out: Path) -> Path | None:
+    """The metric against each swept parameter: numbers on a (log, when they span > 10x) axis,
+    anything else as categories."""
+    finished = [j for j in jobs if j.finished and metric in j.metrics]
+    if not finished or not keys:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
+    for axis, key in zip(axes[0], keys, strict=True):
+        values = [j.overrides.get(key, "") for j in finished]
+        scores = [j.metrics[metric] for j in finished]
+        numbers = [_number(v) for v in values]
+        if all(n is not None for n in numbers):
+            axis.scatter(numbers, scores)
+            positive = [n for n in numbers if n > 0]
+            if len(positive) == len(numbers) and max(positive) / min(positive) > 10:
+                axis.set_xscale("log")
+        else:
+            categories = sorted(set(values))
+            axis.scatter([categories.index(v) for v in values], scores)
+            axis.set_xticks(range(len(categories)), categories, rotation=30)
+        axis.set_xlabel(key)
+        axis.set_ylabel(metric)
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    path = out / "summary.png"
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def sweep_metric(jobs: list[Job]) -> str:
+    """The metric the sweep optimised (`optimized_metric` in the jobs' config)."""
+    for job in jobs:
+        config = job.folder / ".hydra" / "config.yaml"
+        if config.is_file():
+            return str(OmegaConf.load(config).get("optimized_metric", METRICS[0]))
+    return METRICS[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sweep_dir", type=Path, help="outputs/multirun/<date>/<time>")
+    parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep folder)")
+    parser.add_argument("--metric", default=None, help="rank by this metric (default: optimized_metric)")
+    parser.add_argument("--mode", choices=("max", "min"), default="max")
+    args = parser.parse_args(argv)
+
+    jobs = load_jobs(args.sweep_dir) if args.sweep_dir.is_dir() else []
+    if not jobs:
+        sys.exit(f"error: no runs under {args.sweep_dir}: no job folder with .hydra/overrides.yaml")
+    metric = args.metric or sweep_metric(jobs)
+    keys = swept_keys(jobs)
+    metrics = [metric, *(m for m in METRICS if m != metric)]
+    jobs = ranked(jobs, metric, args.mode)
+    out = args.out or args.sweep_dir
+    out.mkdir(parents=True, exist_ok=True)
+    written = [*write_tables(jobs, keys, metrics, out), write_plot(jobs, keys, metric, out)]
+    failed = sum(not j.finished for j in jobs)
+    print((out / "summary.md").read_text())
+    print(f"{len(jobs)} jobs ({failed} failed), ranked by {metric} ({args.mode}); wrote", end=" ")
+    print(", ".join(str(p) for p in written if p is not None))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Checks on a sweep, before any of its jobs start: every swept key exists (else the nearest valid
+ones are named) and every search space is non-empty. Hydra would otherwise fail each job on its
+own, or hand Optuna an interval it cannot sample, after the sweep has begun."""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from stn.utils.checks import ConfigError
+
+log = logging.getLogger(__name__)
+
+_ABSENT = object()
+
+
+def config_keys(cfg: Any, prefix: str = "") -> list[str]:
+    """Every dotted key of a config, nodes and leaves (`model`, `model.optimizer`, `model.optimizer.lr`)."""
+    keys = []
+    if isinstance(cfg, DictConfig):
+        for name in cfg.keys():
+            key = f"{prefix}{name}"
+            keys.append(key)
+            value = cfg._get_node(name)
+            if isinstance(value, (DictConfig, ListConfig)) and not value._is_none():
+                keys.extend(config_keys(value, key + "."))
+    return keys
+
+
+def nearest_keys(key: str, cfg: DictConfig, count: int = 3) -> list[str]:
+    """The valid keys closest to `key`: first by the whole dotted path, then by the last part among
+    the siblings of the deepest parent that exists."""
+    candidates = [k for k in config_keys(cfg) if k.startswith("hydra.") == key.startswith("hydra.")]
+    close = difflib.get_close_matches(key, candidates, n=count, cutoff=0.6)
+    parent, _, leaf = key.rpartition(".")
+    while parent and OmegaConf.select(cfg, parent, default=_ABSENT) is _ABSENT:
+        parent, _, _ = parent.rpartition(".")
+    node = OmegaConf.select(cfg, parent) if parent else cfg
+    if isinstance(node, DictConfig):
+        siblings = [str(name) for name in node.keys()]
+        for name in difflib.get_close_matches(leaf, siblings, n=count, cutoff=0.5):
+            full = f"{parent}.{name}" if parent else name
+            if full not in close:
+                close.append(full)
+    return close[:count]
+
+
+def _is_group(override: Override, cfg: DictConfig) -> bool:
+    """`model=cnn`, `model/optimizer=adam`: a config group choice, not a key."""
+    choices = OmegaConf.select(cfg, "hydra.runtime.choices", default=None) or {}
+    return override.key_or_group in choices or "/" in override.key_or_group
+
+
+def check_key_exists(override: Override, cfg: DictConfig) -> None:
+    if override.is_add() or override.is_force_add() or _is_group(override, cfg):
+        return
+    key = override.key_or_group
+    if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_missing=False) is _ABSENT:
+        nearest = nearest_keys(key, cfg)
+        hint = f"; did you mean {' or '.join(nearest)}?" if nearest else ""
+        raise ConfigError(f"the sweep sets {key}, which is not a key of this config{hint}")
+
+
+def check_space(key: str, space: Any) -> None:
+    """A sweep's values for `key` must be a non-empty set."""
+    if isinstance(space, IntervalSweep):
+        if not space.start < space.end:
+            raise ConfigError(
+                f"the search space of {key}, interval({space.start}, {space.end}), is empty: "
+                "the start must be < the end"
+            )
+        if "log" in space.tags and space.start <= 0:
+            raise ConfigError(f"the log-scale search space of {key} must be > 0, got start={space.start}")
+    elif isinstance(space, RangeSweep):
+        start, stop, step = space.start, space.stop, space.step
+        if step == 0 or (step > 0 and start >= stop) or (step < 0 and start <= stop):
+            raise ConfigError(f"the search space of {key}, range({start}, {stop}, {step}), is empty")
+    elif isinstance(space, ChoiceSweep) and not space.list:
+        raise ConfigError(f"the search space of {key}, choice(), is empty")
+
+
+def sweep_overrides(cfg: DictConfig) -> list[Override]:
+    """The command line's overrides and the Optuna sweeper's `params`, parsed as Hydra does."""
+    parser = OverridesParser.create()
+    overrides = parser.parse_overrides(list(OmegaConf.select(cfg, "hydra.overrides.task", default=[]) or []))
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+    overrides += parser.parse_overrides([f"{key}={value}" for key, value in params.items()])
+    return overrides
+
+
+def check_sweep(cfg: DictConfig) -> None:
+    """Raise ConfigError for the first swept key that does not exist or has an empty space."""
+    for override in sweep_overrides(cfg):
+        check_key_exists(override, cfg)
+        if override.is_sweep_override():
+            check_space(override.key_or_group, override.value())
+
+
+class SweepChecks(Callback):
+    """Runs `check_sweep` once, at the start of a multirun (conf/hydra/default.yaml)."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        try:
+            check_sweep(config)
+        except ConfigError as error:
+            # a sentence, not a traceback from inside Hydra
+            raise SystemExit(f"error: {error}") from None
