@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import statistics
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class Run:
     seed: int | None
     error: float  # test error %
     checkpoint: str
+    config: DictConfig  # the run's resolved config (.hydra/config.yaml)
 
 
 def find_runs(root: Path) -> list[Run]:
@@ -76,14 +78,16 @@ def find_runs(root: Path) -> list[Run]:
         metrics = json.loads(metrics_file.read_text())
         if choices.get("data") not in VARIANTS or "test/acc" not in metrics:
             continue
+        config = OmegaConf.load(folder / ".hydra" / "config.yaml")
         runs.append(
             Run(
                 folder=folder,
                 variant=VARIANTS[choices["data"]],
                 model=choices.get("model"),
-                seed=OmegaConf.load(folder / ".hydra" / "config.yaml").get("seed"),
+                seed=config.get("seed"),
                 error=100 * (1 - metrics["test/acc"]),
                 checkpoint=metrics.get("best_model_path", ""),
+                config=config,
             )
         )
     return runs
@@ -94,6 +98,28 @@ def cell(errors: list[float]) -> str:
         return ""
     spread = statistics.stdev(errors) if len(errors) > 1 else 0.0
     return f"{statistics.mean(errors):.2f} ± {spread:.2f} (n={len(errors)})"
+
+
+def schedule(runs: list[Run]) -> list[str]:
+    """One line per variant: the training schedule its runs used (from their configs)."""
+    lines = []
+    for variant in VARIANTS.values():
+        chosen = [r for r in runs if r.variant == variant]
+        if not chosen:
+            continue
+        cfg = chosen[0].config
+        images = cfg.data.get("train_subset") or 60_000 - cfg.data.val_size
+        steps = math.ceil(images / cfg.data.batch_size)
+        epochs = sorted({r.config.trainer.max_epochs for r in chosen})
+        scheduler = cfg.model.get("scheduler")
+        decay = scheduler._target_.rsplit(".", 1)[-1] if scheduler else "constant"
+        seeds = sorted({r.seed for r in chosen if r.seed is not None})
+        lines.append(
+            f"- {variant}: {'/'.join(map(str, epochs))} epochs x {steps} steps, batch {cfg.data.batch_size}, "
+            f"{cfg.model.optimizer._target_.rsplit('.', 1)[-1]} peak lr {cfg.model.optimizer.lr} "
+            f"(localization x{cfg.model.localization_lr_scale}), {decay}, seeds {seeds}"
+        )
+    return lines
 
 
 def write_table(runs: list[Run], out: Path) -> str:
@@ -117,6 +143,7 @@ def write_table(runs: list[Run], out: Path) -> str:
         cells = [f"{o or '—'} ({p or '—'})" for o, p in zip(ours, paper, strict=True)]
         lines.append(f"| {row[0]} | " + " | ".join(cells) + " |")
     markdown = "Test error %, mean ± std over seeds (paper's error in brackets)\n\n" + "\n".join(lines) + "\n"
+    markdown += "\nSchedule (from the runs' configs):\n\n" + "\n".join(schedule(runs)) + "\n"
     (out / "paper_table.md").write_text(markdown)
     return markdown
 

@@ -128,3 +128,42 @@ def test_one_cycle_survives_a_run_shorter_than_its_warm_up(tmp_path: Path, mnist
     cfg = small_run(compose_config("train.yaml", ["experiment=fast"]), tmp_path, mnist_dir)
     trainer = fit_briefly(cfg, max_epochs=1, limit_train_batches=1)
     assert trainer.lr_scheduler_configs[0].scheduler.total_steps == 5  # floor(1 / pct_start 0.25) + 1
+
+
+@pytest.mark.parametrize("model", ["stn", "stn_proj", "stn_tps", "st_fcn"])
+def test_on_tc_transformers_sample_a_smaller_view_the_classifier_is_sized_for(model: str):
+    cfg = compose_config("train.yaml", ["data=mnist_cluttered", f"model={model}"])
+    check_config(cfg)
+    net = instantiate(cfg.model).net
+    images = torch.zeros(2, 1, 60, 60)
+    transformed, _ = net.transform(images)
+    assert transformed.shape == (2, 1, 30, 30)
+    assert net(images).shape == (2, 10)
+    baseline = compose_config("train.yaml", ["data=mnist_cluttered", "model=cnn"])
+    assert baseline.model.classifier.image_size == 60  # no transformer: the classifier sees the canvas
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.classifier.image_size=28"], "image_size=28 does not match what the classifier sees: "
+         "model.transformer.output_size=30"),
+        (["model.localization=null"], "image_size=30 does not match what the classifier sees: "
+         "the data's 60x60 canvas (no transformer)"),
+    ],
+)  # fmt: skip
+def test_a_classifier_sized_for_other_images_is_rejected(overrides: list[str], message: str):
+    cfg = compose_config("train.yaml", ["data=mnist_cluttered", "model=stn", *overrides])
+    with pytest.raises(ConfigError) as error:
+        check_config(cfg)
+    assert message in str(error.value)
+
+
+def test_paper_schedule_gives_tc_more_epochs():
+    from hydra.core.hydra_config import HydraConfig
+
+    for data, epochs in (("mnist_rts", 4), ("mnist_cluttered", 8)):
+        cfg = compose_config("train.yaml", ["experiment=paper", f"data={data}", "model=stn"])
+        HydraConfig().set_config(cfg)
+        assert cfg.trainer.max_epochs == epochs
+        assert cfg.model.optimizer._target_ == "torch.optim.Adam"
