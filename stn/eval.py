@@ -14,10 +14,11 @@ from pathlib import Path
 import hydra
 import lightning as L
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from stn.utils.checks import ConfigError, check_config
 from stn.utils.instantiators import instantiate_group, user_errors_reported
+from stn.utils.runs import saved_config
 
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
 log = logging.getLogger(__name__)
@@ -27,8 +28,8 @@ SPEED_KEYS = ("channels_last", "compile", "compile_mode")
 
 def run_config(checkpoint: Path) -> DictConfig | None:
     """The config of the run that wrote `checkpoint` (<run>/checkpoints/x.ckpt), if it is there."""
-    saved = checkpoint.resolve().parent.parent / ".hydra" / "config.yaml"
-    return OmegaConf.load(saved) if saved.is_file() else None
+    run_dir = checkpoint.resolve().parent.parent
+    return saved_config(run_dir) if (run_dir / ".hydra" / "config.yaml").is_file() else None
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:

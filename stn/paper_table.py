@@ -27,6 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 from torchvision.utils import make_grid, save_image
 
 from stn.callbacks.transform_grid import at_input_size
+from stn.utils.runs import saved_config
 
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
 
@@ -78,7 +79,7 @@ def find_runs(root: Path) -> list[Run]:
         metrics = json.loads(metrics_file.read_text())
         if choices.get("data") not in VARIANTS or "test/acc" not in metrics:
             continue
-        config = OmegaConf.load(folder / ".hydra" / "config.yaml")
+        config = saved_config(folder)
         runs.append(
             Run(
                 folder=folder,
@@ -148,12 +149,8 @@ def write_table(runs: list[Run], out: Path) -> str:
     return markdown
 
 
-def run_config(run: Run) -> DictConfig:
-    return OmegaConf.load(run.folder / ".hydra" / "config.yaml")
-
-
 def load_trained(run: Run) -> torch.nn.Module:
-    model = instantiate(run_config(run).model)
+    model = instantiate(run.config.model)
     state = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
     model.load_state_dict(state["state_dict"])
     return model.eval()
@@ -170,7 +167,7 @@ def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
         transformers = [m for m in MODELS if m in chosen and m not in ("cnn", "fcn")]
         if not transformers:
             continue
-        cfg = run_config(chosen[transformers[0]])
+        cfg = chosen[transformers[0]].config
         datamodule = instantiate(cfg.data, test_subset=count)
         datamodule.prepare_data()
         datamodule.setup("test")

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from stn.utils.runs import saved_config
+
 METRICS = ("val/acc_best", "val/loss", "test/acc", "test/loss", "time/fit_seconds")
 
 
@@ -160,9 +162,8 @@ def write_plot(jobs: list[Job], keys: list[str], metric: str, out: Path) -> Path
 def sweep_metric(jobs: list[Job]) -> str:
     """The metric the sweep optimised (`optimized_metric` in the jobs' config)."""
     for job in jobs:
-        config = job.folder / ".hydra" / "config.yaml"
-        if config.is_file():
-            return str(OmegaConf.load(config).get("optimized_metric", METRICS[0]))
+        if (job.folder / ".hydra" / "config.yaml").is_file():
+            return str(saved_config(job.folder).get("optimized_metric", METRICS[0]))
     return METRICS[0]
 
 
