@@ -79,13 +79,26 @@ class _NormalisedGridTransformer(SpatialTransformer):
 
 
 class ProjectiveTransformer(_NormalisedGridTransformer):
-    """An 8-parameter homography: theta is a (N, 3, 3) matrix with theta[2, 2] = 1."""
+    """An 8-parameter homography: theta is a (N, 3, 3) matrix with theta[2, 2] = 1.
+
+    The two perspective terms (theta[2, :2]) divide every grid coordinate: the step that moves an
+    affine term by 0.1 moves the far side of the grid past infinity when it lands on them (on TC,
+    Adam at lr 0.002 sent the whole grid off the canvas within the first epoch, and training
+    stalled at chance). They are therefore the localization net's outputs times
+    `perspective_scale`, a smaller step for the same gradient.
+    """
+
+    def __init__(self, localization: nn.Module, perspective_scale: float = 0.1, **kwargs) -> None:
+        self.perspective_scale = perspective_scale
+        super().__init__(localization, **kwargs)
 
     def identity(self) -> torch.Tensor:
         return torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
 
     def to_theta(self, parameters: torch.Tensor) -> torch.Tensor:
-        return torch.cat([parameters, torch.ones_like(parameters[:, :1])], dim=1).view(-1, 3, 3)
+        affine, perspective = parameters[:, :6], parameters[:, 6:] * self.perspective_scale
+        last = torch.ones_like(parameters[:, :1])
+        return torch.cat([affine, perspective, last], dim=1).view(-1, 3, 3)  # (N, 3, 3)
 
     def sampling_grid(self, theta: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
         return homography_grid(theta, size[2], size[3])
