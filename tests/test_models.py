@@ -120,6 +120,14 @@ def test_projective_grid_with_an_affine_matrix_is_the_affine_grid():
     assert torch.allclose(transformer.sampling_grid(projective, size), expected, atol=1e-5)
 
 
+def test_projective_perspective_terms_take_a_smaller_step():
+    transformer = ProjectiveTransformer(LocalizationNet(), perspective_scale=0.1)
+    raw = torch.tensor([[1.0, 0.0, 0.5, 0.0, 1.0, -0.5, 2.0, -3.0]])
+    theta = transformer.to_theta(raw)  # (1, 3, 3)
+    assert torch.allclose(theta[0, 2], torch.tensor([0.2, -0.3, 1.0]))
+    assert torch.equal(theta[0, :2].flatten(), raw[0, :6])  # the affine part as predicted
+
+
 def test_spline_with_every_control_point_shifted_is_a_translation():
     transformer = ThinPlateSplineTransformer(LocalizationNet())
     shift = torch.tensor([0.2, -0.1])
