@@ -67,6 +67,14 @@ class Run:
     config: DictConfig  # the run's resolved config (.hydra/config.yaml)
 
 
+def _moved_with_the_run(checkpoint: str, folder: Path) -> str:
+    """metrics.json records an absolute path; a run folder copied or moved since (from a cluster,
+    into a results folder) still has the file under its own checkpoints/."""
+    if not checkpoint or Path(checkpoint).is_file():
+        return checkpoint
+    return str(folder / "checkpoints" / Path(checkpoint).name)
+
+
 def find_runs(root: Path) -> list[Run]:
     """Every finished run below `root` trained on a distorted variant."""
     runs = []
@@ -87,7 +95,7 @@ def find_runs(root: Path) -> list[Run]:
                 model=choices.get("model"),
                 seed=config.get("seed"),
                 error=100 * (1 - metrics["test/acc"]),
-                checkpoint=metrics.get("best_model_path", ""),
+                checkpoint=_moved_with_the_run(metrics.get("best_model_path", ""), folder),
                 config=config,
             )
         )
