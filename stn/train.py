@@ -55,7 +55,7 @@ HPARAM_METRICS = ("val/acc_best", "test/acc")
 def tensorboard_hparams(cfg: DictConfig, overrides: list[str], choices: dict) -> dict:
     """What TensorBoard's HParams tab shows for this run: the chosen config groups, the usual
     hyperparameters and every key the command line set (so a sweep's parameters are columns)."""
-    hparams = {f"{group}": choice for group, choice in choices.items() if group in ("data", "model")}
+    hparams = {group: choice for group, choice in choices.items() if group in ("data", "model")}
     keys = list(HPARAMS) + [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
     for key in keys:
         value = OmegaConf.select(cfg, key, default=None)
