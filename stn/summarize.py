@@ -21,7 +21,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from stn.utils.runs import saved_config
+from stn.utils.runs import saved_config, split_override
 
 METRICS = ("val/acc_best", "val/loss", "test/acc", "test/loss", "time/fit_seconds")
 
@@ -59,8 +59,8 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
         folder = recorded.parent.parent
         overrides = {}
         for override in OmegaConf.load(recorded):
-            key, _, value = str(override).partition("=")
-            overrides[key.lstrip("+~")] = value
+            key, value = split_override(override)
+            overrides[key] = value
         metrics_file = folder / "metrics.json"
         if metrics_file.is_file():
             raw = json.loads(metrics_file.read_text())

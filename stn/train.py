@@ -23,6 +23,7 @@ from stn.utils.checks import check_config
 from stn.utils.instantiators import instantiate_group, user_errors_reported
 from stn.utils.parallel import apply_job_share
 from stn.utils.resume import apply_resume_point
+from stn.utils.runs import split_override
 
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
 log = logging.getLogger(__name__)
@@ -56,10 +57,11 @@ def tensorboard_hparams(cfg: DictConfig, overrides: list[str], choices: dict) ->
     """What TensorBoard's HParams tab shows for this run: the chosen config groups, the usual
     hyperparameters and every key the command line set (so a sweep's parameters are columns)."""
     hparams = {group: choice for group, choice in choices.items() if group in ("data", "model")}
-    keys = list(HPARAMS) + [o.split("=", 1)[0].lstrip("+~") for o in overrides if "=" in o]
-    for key in keys:
+    for key in [*HPARAMS, *(split_override(o)[0] for o in overrides)]:
+        if not key or key.startswith("hydra"):
+            continue
         value = OmegaConf.select(cfg, key, default=None)
-        if value is not None and not OmegaConf.is_config(value) and not key.startswith("hydra"):
+        if value is not None and not OmegaConf.is_config(value):
             hparams[key] = value
     return hparams
 

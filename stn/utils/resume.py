@@ -17,6 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from stn.utils.checks import ConfigError
+from stn.utils.runs import split_override
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 def _without_ckpt_path(overrides: list[str]) -> list[str]:
-    return sorted(o for o in overrides if not o.lstrip("+~").startswith("ckpt_path="))
+    return sorted(o for o in overrides if split_override(o)[0] != "ckpt_path")
 
 
 def earlier_runs(log_dir: Path, overrides: list[str], exclude: Path) -> list[Path]:

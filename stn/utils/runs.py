@@ -1,4 +1,5 @@
-"""Reading a finished run folder back (stn.eval, stn.paper_table, stn.summarize)."""
+"""Reading a run back: its command-line overrides (train, resume, summarize) and a finished run
+folder's config (stn.eval, stn.paper_table, stn.summarize)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,13 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import setup_globals
 from omegaconf import DictConfig, OmegaConf
+
+
+def split_override(override: str) -> tuple[str, str]:
+    """`+model.x=1` -> (`model.x`, `1`): the key an override sets (append / delete marks dropped)
+    and its value as written; ("", "") for anything that is not key=value."""
+    key, equals, value = str(override).partition("=")
+    return (key.lstrip("+~"), value) if equals else ("", "")
 
 
 def saved_config(run_dir: Path) -> DictConfig:
