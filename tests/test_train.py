@@ -87,6 +87,28 @@ def test_train_subprocess_ends_with_checkpoint_metrics_and_events(tmp_path: Path
     assert "test/acc" in evaluated.stdout
 
 
+def test_last_checkpoint_is_written_after_every_epoch_even_without_improvement(tmp_path: Path, mnist_dir: Path):
+    """`last.ckpt` is what a killed run resumes from: it must hold the last epoch, not the best one.
+    At lr 1e-12 only the first epoch improves val/acc; the other two must still reach last.ckpt."""
+    run_dir = tmp_path / "run"
+    run(
+        "stn.train",
+        *SMALL,
+        "trainer.max_epochs=3",
+        "model.optimizer.lr=1e-12",
+        "model.scheduler=null",
+        f"hydra.run.dir={run_dir}",
+        data_dir=mnist_dir,
+    )
+    steps_per_epoch = 2048 // 64
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["global_step"] == 3 * steps_per_epoch
+    assert last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 3
+    # the best checkpoint is still the first epoch's, and the final test used it
+    best = json.loads((run_dir / "metrics.json").read_text())["best_model_path"]
+    assert Path(best).name == "epoch_000.ckpt"
+
+
 def test_bad_config_stops_with_one_sentence(tmp_path: Path, mnist_dir: Path):
     process = run(
         "stn.train",
