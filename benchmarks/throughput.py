@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
 
 # (c) with one option changed: name -> overrides on top of the default config
-VARIANTS = {
+OPTION_OVERRIDES = {
     "no-channels-last": ["model.channels_last=false"],
     "dataloader": ["data.fast_path=false"],
     "compile": ["model.compile=true"],
@@ -198,7 +198,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--variants", nargs="*", default=[], choices=list(VARIANTS))
+    parser.add_argument("--variants", nargs="*", default=[], choices=list(OPTION_OVERRIDES))
     args = parser.parse_args()
     device = torch.device(args.device)
     accelerator = ["trainer.accelerator=" + ("gpu" if device.type == "cuda" else "cpu")]
@@ -229,7 +229,7 @@ def main() -> None:
         "(c) project default (stn.train)": project([]),
     }
     for variant in args.variants:
-        pipelines[f"(c) with {' '.join(VARIANTS[variant])}"] = project(VARIANTS[variant])
+        pipelines[f"(c) with {' '.join(OPTION_OVERRIDES[variant])}"] = project(OPTION_OVERRIDES[variant])
 
     results: dict[str, list[float]] = {name: [] for name in pipelines}
     for round_ in range(args.repeats):

@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import hydra
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from stn.utils.checks import ConfigError, check_config
-from stn.utils.instantiators import instantiate_group, user_errors_reported
+from stn.errors import ConfigError, user_errors_reported
+from stn.utils.checks import check_config
+from stn.utils.instantiators import build, instantiate_group
 from stn.utils.runs import saved_config
 
-os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
 log = logging.getLogger(__name__)
 
 SPEED_KEYS = ("channels_last", "compile", "compile_mode")
@@ -45,9 +43,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         for key in ("mean", "std"):
             cfg.data[key] = saved.data.get(key, cfg.data[key])
     check_config(cfg)
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=instantiate_group(cfg.get("logger")))
+    datamodule = build(cfg, "data")
+    model = build(cfg, "model")
+    trainer: L.Trainer = build(cfg, "trainer", logger=instantiate_group(cfg.get("logger")))
     trainer.test(model, datamodule=datamodule, ckpt_path=str(checkpoint))
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     log.info("Test metrics of %s:\n%s", checkpoint, json.dumps(metrics, indent=2, sort_keys=True))

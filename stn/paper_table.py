@@ -14,24 +14,20 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
-import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torchvision.utils import make_grid, save_image
 
 from stn.callbacks.transform_grid import at_input_size
-from stn.utils.runs import saved_config
+from stn.utils.runs import run_folders
 
-os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[1]))
-
-VARIANTS = {
+PAPER_COLUMNS = {  # the data= choice -> its column in the paper's table
     "mnist_rot": "R",
     "mnist_rts": "RTS",
     "mnist_proj": "P",
@@ -78,24 +74,19 @@ def _moved_with_the_run(checkpoint: str, folder: Path) -> str:
 def find_runs(root: Path) -> list[Run]:
     """Every finished run below `root` trained on a distorted variant."""
     runs = []
-    for metrics_file in sorted(root.rglob("metrics.json")):
-        folder = metrics_file.parent
-        hydra_file = folder / ".hydra" / "hydra.yaml"
-        if not hydra_file.is_file():
+    for run in run_folders(root):
+        metrics = run.metrics or {}
+        if run.choices.get("data") not in PAPER_COLUMNS or "test/acc" not in metrics:
             continue
-        choices = OmegaConf.load(hydra_file).hydra.runtime.choices
-        metrics = json.loads(metrics_file.read_text())
-        if choices.get("data") not in VARIANTS or "test/acc" not in metrics:
-            continue
-        config = saved_config(folder)
+        config = run.config()
         runs.append(
             Run(
-                folder=folder,
-                variant=VARIANTS[choices["data"]],
-                model=choices.get("model"),
+                folder=run.path,
+                variant=PAPER_COLUMNS[run.choices["data"]],
+                model=run.choices.get("model"),
                 seed=config.get("seed"),
                 error=100 * (1 - metrics["test/acc"]),
-                checkpoint=_moved_with_the_run(metrics.get("best_model_path", ""), folder),
+                checkpoint=_moved_with_the_run(metrics.get("best_model_path", ""), run.path),
                 config=config,
             )
         )
@@ -112,7 +103,7 @@ def cell(errors: list[float]) -> str:
 def schedule(runs: list[Run]) -> list[str]:
     """One line per variant: the training schedule its runs used (from their configs)."""
     lines = []
-    for variant in VARIANTS.values():
+    for variant in PAPER_COLUMNS.values():
         chosen = [r for r in runs if r.variant == variant]
         if not chosen:
             continue
@@ -132,7 +123,7 @@ def schedule(runs: list[Run]) -> list[str]:
 
 
 def write_table(runs: list[Run], out: Path) -> str:
-    columns = list(VARIANTS.values())
+    columns = list(PAPER_COLUMNS.values())
     models = [m for m in MODELS if any(r.model == m for r in runs)]
     models += sorted({r.model for r in runs} - set(models))
     header = ["model"] + [f"{c} ours" for c in columns] + [f"{c} paper" for c in columns]
@@ -167,7 +158,7 @@ def load_trained(run: Run) -> torch.nn.Module:
 def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
     """Per variant: the first `count` fixed test digits, then each transformer model's output."""
     written = []
-    for variant in VARIANTS.values():
+    for variant in PAPER_COLUMNS.values():
         chosen = {}
         for run in sorted(runs, key=lambda r: (r.seed is None, r.seed)):
             if run.variant == variant and run.model not in chosen and Path(run.checkpoint).is_file():

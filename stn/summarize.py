@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from stn.utils.runs import saved_config, split_override
+from stn.utils.runs import run_folders, saved_config, split_override
 
 METRICS = ("val/acc_best", "val/loss", "test/acc", "test/loss", "time/fit_seconds")
 
@@ -55,19 +52,13 @@ def job_error(folder: Path) -> str:
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
     jobs = []
-    for recorded in sweep_dir.glob("**/.hydra/overrides.yaml"):
-        folder = recorded.parent.parent
-        overrides = {}
-        for override in OmegaConf.load(recorded):
-            key, value = split_override(override)
-            overrides[key] = value
-        metrics_file = folder / "metrics.json"
-        if metrics_file.is_file():
-            raw = json.loads(metrics_file.read_text())
-            metrics = {k: float(v) for k, v in raw.items() if isinstance(v, (int, float))}
-            jobs.append(Job(folder, overrides, metrics))
+    for run in run_folders(sweep_dir):
+        overrides = dict(split_override(override) for override in run.overrides)
+        if run.metrics is not None:
+            metrics = {k: float(v) for k, v in run.metrics.items() if isinstance(v, (int, float))}
+            jobs.append(Job(run.path, overrides, metrics))
         else:
-            jobs.append(Job(folder, overrides, error=job_error(folder)))
+            jobs.append(Job(run.path, overrides, error=job_error(run.path)))
     return sorted(jobs, key=lambda j: (len(j.name), j.name))
 
 

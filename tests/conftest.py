@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torchvision.datasets import MNIST
+
+from stn.utils.checks import check_config
+from stn.utils.instantiators import build
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"
@@ -58,6 +63,14 @@ def compose_config(config_name: str = "train.yaml", overrides: list[str] | None 
         return compose(config_name, overrides=overrides or [], return_hydra_config=True)
 
 
+def check_and_build(cfg: DictConfig) -> None:
+    """What a run does with its config before training: the start-of-run checks, then building the
+    data and the model, whose constructors check their own values (stn/errors.py)."""
+    check_config(cfg)
+    build(cfg, "data")
+    build(cfg, "model")
+
+
 def small_run(cfg: DictConfig, output_dir: Path, data_dir: Path) -> DictConfig:
     """Point a composed config at a temporary run folder, the test data and a small subset."""
     with open_dict(cfg):
@@ -81,3 +94,75 @@ def cfg_train(tmp_path: Path, mnist_dir: Path) -> DictConfig:
     cfg = compose_config("train.yaml")
     yield small_run(cfg, tmp_path, mnist_dir)
     GlobalHydra.instance().clear()
+
+
+# a few batches of real MNIST on the CPU: the subprocess tests' base overrides
+SMALL = [
+    "data.train_subset=2048",
+    "data.test_subset=256",
+    "trainer.accelerator=cpu",
+    "trainer.max_epochs=1",
+    "trainer.limit_val_batches=2",
+    "callbacks.progress_bar.refresh_rate=0",
+]
+
+
+def cli_command(module: str, *overrides: str) -> list[str]:
+    """`python -m <module> <overrides>`, as a researcher runs it."""
+    return [sys.executable, "-m", module, *overrides]
+
+
+def cli_env(data_dir: Path) -> dict[str, str]:
+    return {**os.environ, "STN_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+
+
+def run(module: str, *overrides: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
+    """Run an entry point in a subprocess from the project root, on `data_dir`'s MNIST."""
+    process = subprocess.run(
+        cli_command(module, *overrides),
+        cwd=ROOT,
+        env=cli_env(data_dir),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if check and process.returncode != 0:
+        pytest.fail(f"{module} {' '.join(overrides)} exited {process.returncode}:\n{process.stderr[-4000:]}")
+    return process
+
+
+def assert_one_sentence_error(process: subprocess.CompletedProcess, message: str) -> None:
+    assert process.returncode == 1
+    assert "Traceback" not in process.stderr
+    assert message in process.stderr
+
+
+def run_rejected(module: str, *overrides: str, data_dir: Path, message: str) -> None:
+    """Run an entry point that must stop with one sentence containing `message`."""
+    assert_one_sentence_error(run(module, *overrides, data_dir=data_dir, check=False), message)
+
+
+def multirun(
+    *overrides: str, sweep: Path, data_dir: Path, check: bool = True
+) -> tuple[subprocess.CompletedProcess, list[Path]]:
+    """`python -m stn.train --multirun <overrides>` into `sweep`: the process and the job folders."""
+    process = run(
+        "stn.train", "--multirun", *overrides, f"hydra.sweep.dir={sweep}", data_dir=data_dir, check=check
+    )
+    return process, jobs_of(sweep) if sweep.is_dir() else []
+
+
+def evaluate(checkpoint: Path, *overrides: str, run_dir: Path, data_dir: Path) -> str:
+    """`python -m stn.eval ckpt_path=<checkpoint>` on 256 test images on the CPU: its output."""
+    return run(
+        "stn.eval", f"ckpt_path={checkpoint}", "data.test_subset=256", "trainer.accelerator=cpu",
+        *overrides, f"hydra.run.dir={run_dir}", data_dir=data_dir,
+    ).stdout  # fmt: skip
+
+
+TINY = [*SMALL, "data.train_subset=512", "trainer.limit_val_batches=1"]
+
+
+def jobs_of(sweep: Path) -> list[Path]:
+    """A multirun's job folders, in job order."""
+    return sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))

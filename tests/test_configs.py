@@ -6,10 +6,11 @@ from hydra.utils import instantiate
 from lightning import LightningDataModule, LightningModule, Trainer
 from omegaconf import DictConfig
 
-from stn.utils import ConfigError, check_config
+from stn.errors import ConfigError
+from stn.utils.checks import check_config
 from stn.utils.instantiators import instantiate_group
 
-from .conftest import CONF_DIR, compose_config, small_run
+from .conftest import CONF_DIR, check_and_build, compose_config, small_run
 
 
 def options(group: str) -> list[str]:
@@ -94,12 +95,12 @@ def test_cnn_has_no_localization():
 )
 def test_bad_values_are_rejected_with_the_key_and_range(override: str, message: str):
     with pytest.raises(ConfigError, match=message):
-        check_config(compose_config("train.yaml", [override]))
+        check_and_build(compose_config("train.yaml", [override]))
 
 
 def test_deeper_localization_fits_a_larger_input():
-    cfg = compose_config("train.yaml", ["model.localization.depth=4", "model.localization.image_size=60"])
-    check_config(cfg)
+    cfg = compose_config("train.yaml", ["data=mnist_cluttered", "model.localization.depth=4"])
+    check_and_build(cfg)
 
 
 def fit_briefly(cfg: DictConfig, **trainer_options) -> Trainer:

@@ -7,7 +7,7 @@ from lightning.fabric.utilities.data import _set_sampler_epoch
 from torch.utils.data import DataLoader
 
 from stn.data import MNIST_MEAN, MNIST_STD, MNISTDataError, MNISTDataModule
-from stn.data.mnist import DeviceBatches, EpochShuffle
+from stn.data.batching import DeviceBatches, EpochShuffle
 
 
 @pytest.fixture(scope="module")

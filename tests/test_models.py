@@ -13,22 +13,21 @@ from stn.models import (
     ThinPlateSplineTransformer,
     max_depth,
 )
-from stn.models.localization import IDENTITY_THETA
+from stn.models.transformer import IDENTITY_THETA
 from stn.train import parameter_counts
 
-BACKGROUND = -0.1307 / 0.3081  # normalised MNIST background
+MNIST = {"input_mean": 0.1307, "input_std": 0.3081}  # normalised MNIST: the background is -mean/std
+BACKGROUND = -0.1307 / 0.3081
 
 
-def make_stn(depth: int = 2, fill_value: float = BACKGROUND) -> STNClassifier:
-    return STNClassifier(
-        ConvClassifier(), SpatialTransformer(LocalizationNet(depth=depth), fill_value=fill_value)
-    )
+def make_stn(depth: int = 2) -> STNClassifier:
+    return STNClassifier(ConvClassifier(), SpatialTransformer(LocalizationNet(depth=depth), **MNIST))
 
 
 def test_identity_initialised_transformer_returns_its_input():
     torch.manual_seed(0)
     images = torch.randn(8, 1, 28, 28)
-    transformer = SpatialTransformer(LocalizationNet(), fill_value=BACKGROUND)
+    transformer = SpatialTransformer(LocalizationNet(), **MNIST)
     transformed, theta = transformer(images)
     assert torch.allclose(theta, torch.tensor(IDENTITY_THETA).view(1, 2, 3).expand(8, 2, 3))
     assert torch.allclose(transformed, images, atol=1e-5)
@@ -42,8 +41,10 @@ def test_the_tutorial_layout_at_depth_two():
         (8, 10, (5, 5)),
     ]
     linears = [m for m in localization.regressor if isinstance(m, torch.nn.Linear)]
-    assert [(lin.in_features, lin.out_features) for lin in linears] == [(90, 32), (32, 6)]
-    assert torch.count_nonzero(linears[-1].weight) == 0
+    assert [(lin.in_features, lin.out_features) for lin in linears] == [(90, 32)]
+    head = SpatialTransformer(localization).head  # the transformer adds the tutorial's Linear(32, 6)
+    assert (head.in_features, head.out_features) == (32, 6)
+    assert torch.count_nonzero(head.weight) == 0
 
 
 @pytest.mark.parametrize("depth", [1, 2, 3])
@@ -58,9 +59,9 @@ def test_output_shapes_for_every_depth(depth: int):
 
 def test_depths_that_cannot_fit_the_input_are_rejected():
     assert max_depth(28, [7, 5, 3, 3], [0, 0, 1, 1]) == 3
-    with pytest.raises(ValueError, match=r"allowed range is 1\.\.3"):
+    with pytest.raises(ValueError, match=r"depth=[04] is out of range: allowed 1\.\.3 for a 28x28 input"):
         LocalizationNet(depth=4)
-    with pytest.raises(ValueError, match=r"allowed range is 1\.\.3"):
+    with pytest.raises(ValueError, match=r"depth=[04] is out of range: allowed 1\.\.3 for a 28x28 input"):
         LocalizationNet(depth=0)
 
 
@@ -81,10 +82,12 @@ def test_gradients_reach_every_localization_parameter():
 def test_zooming_out_keeps_the_background_value():
     background = torch.full((2, 1, 28, 28), BACKGROUND)
     zoom_out = torch.tensor([[2.0, 0, 0], [0, 2.0, 0]]).expand(2, 2, 3)
-    padded = SpatialTransformer(LocalizationNet(), fill_value=BACKGROUND).warp(background, zoom_out)
+    padded = SpatialTransformer(LocalizationNet(), **MNIST).warp(background, zoom_out)
     assert torch.allclose(padded, background, atol=1e-6)
     # the trap the fill value avoids: grid_sample's zero padding paints a bright frame
-    zero_padded = SpatialTransformer(LocalizationNet(), fill_value=0.0).warp(background, zoom_out)
+    zero_padded = SpatialTransformer(LocalizationNet(), pad_with_background=False, **MNIST).warp(
+        background, zoom_out
+    )
     assert zero_padded[..., 0, 0].allclose(torch.zeros(2, 1))
 
 
@@ -100,14 +103,14 @@ def test_cnn_baseline_has_no_transformer():
 def test_projective_and_spline_transformers_start_as_the_identity_and_learn(transformer):
     torch.manual_seed(0)
     images = torch.randn(6, 1, 28, 28)
-    model = STNClassifier(ConvClassifier(), transformer(LocalizationNet(), fill_value=BACKGROUND))
+    model = STNClassifier(ConvClassifier(), transformer(LocalizationNet(), **MNIST))
     transformed, theta = model.transform(images)
     assert torch.allclose(transformed, images, atol=5e-4)
     assert (
         theta.shape == {ProjectiveTransformer: (6, 3, 3), ThinPlateSplineTransformer: (6, 16, 2)}[transformer]
     )
     F.cross_entropy(model(images), torch.randint(0, 10, (6,))).backward()
-    head = model.transformer.localization.regressor[-1]
+    head = model.transformer.head
     assert head.weight.grad.abs().sum() > 0  # gradients reach the parameters through the grid
 
 
@@ -138,9 +141,7 @@ def test_spline_with_every_control_point_shifted_is_a_translation():
 
 
 def test_grid_transformers_reject_align_corners():
-    with pytest.raises(
-        ValueError, match="model.align_corners=true is not supported by ProjectiveTransformer"
-    ):
+    with pytest.raises(ValueError, match=r"align_corners=True is out of range: allowed false \(its grids"):
         ProjectiveTransformer(LocalizationNet(), align_corners=True)
 
 
@@ -151,7 +152,7 @@ def test_fully_connected_baseline_and_st_fcn():
     assert fcn(images).shape == (4, 10)
     st_fcn = STNClassifier(
         FullyConnectedClassifier(image_size=42),
-        SpatialTransformer(FullyConnectedLocalization(image_size=42), fill_value=BACKGROUND),
+        SpatialTransformer(FullyConnectedLocalization(image_size=42), **MNIST),
     )
     transformed, theta = st_fcn.transform(images)
     assert theta.shape == (4, 2, 3) and torch.allclose(transformed, images, atol=1e-5)

@@ -10,12 +10,13 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
+from stn.errors import ConfigError
 from stn.models.acceleration import compile_mode_for
-from stn.utils.checks import ConfigError, check_config, cpu_has_native_bf16
+from stn.utils.checks import cpu_has_native_bf16
 from stn.utils.instantiators import instantiate_group
 
-from .conftest import compose_config
-from .test_train import SMALL, assert_one_sentence_error, run
+from .conftest import check_and_build, compose_config, evaluate, run_rejected
+from .test_train import SMALL, run
 
 # every way Python code reads a tensor's value on the host; on a GPU each one waits for the device
 HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__")
@@ -97,7 +98,7 @@ def test_the_trap_catches_a_host_read(cfg_train: DictConfig):
 
 
 def _checked(*overrides: str) -> None:
-    check_config(compose_config("train.yaml", ["trainer.accelerator=cpu", *overrides]))
+    check_and_build(compose_config("train.yaml", ["trainer.accelerator=cpu", *overrides]))
 
 
 @pytest.mark.parametrize(
@@ -120,15 +121,10 @@ def test_workers_are_fine_on_the_dataloader_path():
 
 @pytest.mark.skipif(cpu_has_native_bf16(), reason="this CPU does bf16 natively")
 def test_bf16_on_a_cpu_without_it_is_one_sentence(tmp_path: Path, mnist_dir: Path):
-    process = run(
-        "stn.train",
-        *SMALL,
-        "trainer.precision=bf16-mixed",
-        f"hydra.run.dir={tmp_path}",
-        data_dir=mnist_dir,
-        check=False,
-    )
-    assert_one_sentence_error(process, "trainer.precision=bf16-mixed needs native bfloat16, which this CPU")
+    run_rejected(
+        "stn.train", *SMALL, "trainer.precision=bf16-mixed", f"hydra.run.dir={tmp_path}", data_dir=mnist_dir,
+        message="trainer.precision=bf16-mixed needs native bfloat16, which this CPU",
+    )  # fmt: skip
 
 
 def test_cuda_graphs_without_cuda_fall_back_with_one_warning():
@@ -142,16 +138,10 @@ def test_compile_failure_is_one_sentence(tmp_path: Path, mnist_dir: Path, monkey
     # inductor compiles C++ for the CPU with $CXX: a machine without a working compiler
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))  # no cached kernels
-    process = run(
-        "stn.train",
-        *SMALL,
-        "model.compile=true",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        data_dir=mnist_dir,
-        check=False,
-    )
-    assert_one_sentence_error(process, "model.compile=true, but torch.compile failed on this machine")
-    assert "set model.compile=false" in process.stderr
+    run_rejected(
+        "stn.train", *SMALL, "model.compile=true", f"hydra.run.dir={tmp_path / 'run'}", data_dir=mnist_dir,
+        message="model.compile=true, but torch.compile failed on this machine",
+    )  # fmt: skip
 
 
 @pytest.mark.slow
@@ -165,9 +155,5 @@ def test_compiled_run_trains_and_its_checkpoint_loads_without_compile(
         f"hydra.run.dir={run_dir}", data_dir=mnist_dir,
     )  # fmt: skip
     assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] > 0.3
-    evaluated = run(
-        "stn.eval", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "model.compile=false",
-        "data.test_subset=256", "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'eval'}",
-        data_dir=mnist_dir,
-    )  # fmt: skip
-    assert "test/acc" in evaluated.stdout
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert "test/acc" in evaluate(last, "model.compile=false", run_dir=tmp_path / "eval", data_dir=mnist_dir)

@@ -2,9 +2,6 @@
 small subset of real MNIST."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,37 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from stn.train import train
 
-from .conftest import ROOT
-
-SMALL = [
-    "data.train_subset=2048",
-    "data.test_subset=256",
-    "trainer.accelerator=cpu",
-    "trainer.max_epochs=1",
-    "trainer.limit_val_batches=2",
-    "callbacks.progress_bar.refresh_rate=0",
-]
-
-
-def run(module: str, *overrides: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "STN_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.run(
-        [sys.executable, "-m", module, *overrides],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if check and process.returncode != 0:
-        pytest.fail(f"{module} {' '.join(overrides)} exited {process.returncode}:\n{process.stderr[-4000:]}")
-    return process
-
-
-def assert_one_sentence_error(process: subprocess.CompletedProcess, message: str) -> None:
-    assert process.returncode == 1
-    assert "Traceback" not in process.stderr
-    assert message in process.stderr
+from .conftest import SMALL, evaluate, multirun, run, run_rejected
 
 
 def test_train_in_process_returns_metrics(cfg_train):
@@ -76,79 +43,37 @@ def test_train_subprocess_ends_with_checkpoint_metrics_and_events(tmp_path: Path
     state = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 2  # epochs 0 and 1 from the first run, epoch 2 after resuming
 
-    evaluated = run(
-        "stn.eval",
-        f"ckpt_path={resumed / 'checkpoints' / 'last.ckpt'}",
-        "data.test_subset=256",
-        "trainer.accelerator=cpu",
-        f"hydra.run.dir={tmp_path / 'eval'}",
-        data_dir=mnist_dir,
-    )
-    assert "test/acc" in evaluated.stdout
-
-
-def test_last_checkpoint_is_written_after_every_epoch_even_without_improvement(tmp_path: Path, mnist_dir: Path):
-    """`last.ckpt` is what a killed run resumes from: it must hold the last epoch, not the best one.
-    At lr 1e-12 only the first epoch improves val/acc; the other two must still reach last.ckpt."""
-    run_dir = tmp_path / "run"
-    run(
-        "stn.train",
-        *SMALL,
-        "trainer.max_epochs=3",
-        "model.optimizer.lr=1e-12",
-        "model.scheduler=null",
-        f"hydra.run.dir={run_dir}",
-        data_dir=mnist_dir,
-    )
-    steps_per_epoch = 2048 // 64
-    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert last["global_step"] == 3 * steps_per_epoch
-    assert last["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"] == 3
-    # the best checkpoint is still the first epoch's, and the final test used it
-    best = json.loads((run_dir / "metrics.json").read_text())["best_model_path"]
-    assert Path(best).name == "epoch_000.ckpt"
+    output = evaluate(resumed / "checkpoints" / "last.ckpt", run_dir=tmp_path / "eval", data_dir=mnist_dir)
+    assert "test/acc" in output
 
 
 def test_bad_config_stops_with_one_sentence(tmp_path: Path, mnist_dir: Path):
-    process = run(
-        "stn.train",
-        "model.localization.depth=7",
-        f"hydra.run.dir={tmp_path}",
-        data_dir=mnist_dir,
-        check=False,
-    )
-    assert_one_sentence_error(process, "model.localization.depth=7 is out of range: allowed 1..3")
+    run_rejected(
+        "stn.train", "model.localization.depth=7", f"hydra.run.dir={tmp_path}", data_dir=mnist_dir,
+        message="model.localization.depth=7 is out of range: allowed 1..3",
+    )  # fmt: skip
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_gpu_trainer_without_gpu_is_one_sentence(tmp_path: Path, mnist_dir: Path):
-    process = run("stn.train", "trainer=gpu", f"hydra.run.dir={tmp_path}", data_dir=mnist_dir, check=False)
-    assert_one_sentence_error(process, "asks for a CUDA GPU, but this machine has none")
+    run_rejected(
+        "stn.train", "trainer=gpu", f"hydra.run.dir={tmp_path}", data_dir=mnist_dir,
+        message="asks for a CUDA GPU, but this machine has none",
+    )  # fmt: skip
 
 
 def test_missing_data_stops_with_the_path(tmp_path: Path):
     empty = tmp_path / "empty"
-    process = run(
-        "stn.train",
-        *SMALL,
-        "data.download=false",
-        f"hydra.run.dir={tmp_path / 'run'}",
-        data_dir=empty,
-        check=False,
-    )
-    assert_one_sentence_error(process, f"MNIST not found in {empty / 'MNIST' / 'raw'}")
+    run_rejected(
+        "stn.train", *SMALL, "data.download=false", f"hydra.run.dir={tmp_path / 'run'}", data_dir=empty,
+        message=f"MNIST not found in {empty / 'MNIST' / 'raw'}",
+    )  # fmt: skip
 
 
 def test_multirun_makes_one_folder_per_job_and_survives_a_failing_job(tmp_path: Path, mnist_dir: Path):
     sweep_dir = tmp_path / "sweep"
-    process = run(
-        "stn.train",
-        "--multirun",
-        *SMALL,
-        "model.localization.depth=1,2,9",
-        f"hydra.sweep.dir={sweep_dir}",
-        data_dir=mnist_dir,
-        check=False,
+    process, _ = multirun(
+        *SMALL, "model.localization.depth=1,2,9", sweep=sweep_dir, data_dir=mnist_dir, check=False
     )
     for job in ("0", "1"):
         assert (sweep_dir / job / "metrics.json").is_file(), process.stderr[-3000:]
@@ -179,12 +104,8 @@ def test_distorted_variant_trains_end_to_end(tmp_path: Path, mnist_dir: Path):
         data_dir=mnist_dir,
     )
     assert "test/acc" in json.loads((run_dir / "metrics.json").read_text())
-    evaluated = run(
-        "stn.eval", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", "data=mnist_cluttered",
-        "data.test_subset=256", "trainer.accelerator=cpu", f"hydra.run.dir={tmp_path / 'eval'}",
-        data_dir=mnist_dir,
-    )  # fmt: skip
-    assert "test/acc" in evaluated.stdout
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert "test/acc" in evaluate(last, "data=mnist_cluttered", run_dir=tmp_path / "eval", data_dir=mnist_dir)
 
 
 def test_unknown_variant_lists_the_valid_ones(tmp_path: Path, mnist_dir: Path):
@@ -198,11 +119,10 @@ def test_unknown_variant_lists_the_valid_ones(tmp_path: Path, mnist_dir: Path):
 
 
 def test_inverted_range_is_one_sentence(tmp_path: Path, mnist_dir: Path):
-    process = run(
+    run_rejected(
         "stn.train", "data=mnist_rts", "data.distortion.degrees=[45,-45]", f"hydra.run.dir={tmp_path}",
-        data_dir=mnist_dir, check=False,
+        data_dir=mnist_dir, message="data.distortion.degrees=[45, -45] is inverted: min must be <= max",
     )  # fmt: skip
-    assert_one_sentence_error(process, "data.distortion.degrees=[45, -45] is inverted: min must be <= max")
 
 
 def test_paper_grid_and_table(tmp_path: Path, mnist_dir: Path):

@@ -1,3 +1,4 @@
+from stn.callbacks.hparams import HParamsLogger
 from stn.callbacks.transform_grid import TransformGridLogger
 
-__all__ = ["TransformGridLogger"]
+__all__ = ["HParamsLogger", "TransformGridLogger"]

@@ -1,4 +1,3 @@
-from stn.data.distorted import DistortedMNISTDataModule
-from stn.data.mnist import MNIST_MEAN, MNIST_STD, MNISTDataError, MNISTDataModule
+from stn.data.mnist import MNIST_MEAN, MNIST_STD, DistortedMNISTDataModule, MNISTDataError, MNISTDataModule
 
 __all__ = ["MNIST_MEAN", "MNIST_STD", "DistortedMNISTDataModule", "MNISTDataError", "MNISTDataModule"]

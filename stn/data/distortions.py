@@ -18,11 +18,11 @@ images, so a seeded generator gives a fixed test set.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
+from stn.errors import check_argument, check_range, is_int, is_number
 from stn.geometry import (
     affine_theta,
     control_grid,
@@ -37,26 +37,6 @@ MNIST_SIZE = 28
 Params = dict[str, torch.Tensor]
 
 
-def _range(
-    name: str, value: Sequence[float], low: float = -math.inf, high: float = math.inf
-) -> tuple[float, float]:
-    """A [min, max] config value, checked: two numbers, min <= max, inside [low, high]."""
-    if len(value) != 2:
-        raise ValueError(f"{name}={list(value)} must be [min, max]")
-    first, last = float(value[0]), float(value[1])
-    if first > last:
-        raise ValueError(f"{name}={list(value)} is inverted: min must be <= max")
-    if first < low or last > high:
-        raise ValueError(f"{name}={list(value)} is out of range: allowed within [{low}, {high}]")
-    return first, last
-
-
-def _non_negative(name: str, value: float) -> float:
-    if value < 0:
-        raise ValueError(f"{name}={value} is out of range: allowed >= 0")
-    return float(value)
-
-
 def _uniform(count: int, bounds: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
     low, high = bounds
     return low + (high - low) * torch.rand(count, generator=generator, device=generator.device)
@@ -64,6 +44,14 @@ def _uniform(count: int, bounds: tuple[float, float], generator: torch.Generator
 
 def _normal(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
     return std * torch.randn(shape, generator=generator, device=generator.device)
+
+
+def _canvas(owner: type, canvas_size: int) -> int:
+    return check_argument(owner, "canvas_size", canvas_size, lambda v: is_int(v) and v >= MNIST_SIZE, ">= 28")
+
+
+def _non_negative(owner: type, name: str, value: float) -> float:
+    return float(check_argument(owner, name, value, lambda v: is_number(v) and v >= 0, ">= 0"))
 
 
 class Distortion:
@@ -88,11 +76,9 @@ class RotationScaleTranslation(Distortion):
         scale: Sequence[float] = (0.7, 1.2),
         canvas_size: int = 42,
     ) -> None:
-        self.degrees = _range("data.distortion.degrees", degrees, -180, 180)
-        self.scale = _range("data.distortion.scale", scale, 1e-3)
-        if canvas_size < MNIST_SIZE:
-            raise ValueError(f"data.distortion.canvas_size={canvas_size} is out of range: allowed >= 28")
-        self.canvas_size = canvas_size
+        self.degrees = check_range(type(self), "degrees", degrees, -180, 180)
+        self.scale = check_range(type(self), "scale", scale, 1e-3)
+        self.canvas_size = _canvas(type(self), canvas_size)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
         count = images.shape[0]
@@ -134,8 +120,8 @@ class Projective(Distortion):
     redraws = 8
 
     def __init__(self, scale: Sequence[float] = (0.75, 1.0), corner_std_px: float = 5.0) -> None:
-        self.scale = _range("data.distortion.scale", scale, 1e-3)
-        self.corner_std_px = _non_negative("data.distortion.corner_std_px", corner_std_px)
+        self.scale = check_range(type(self), "scale", scale, 1e-3)
+        self.corner_std_px = _non_negative(type(self), "corner_std_px", corner_std_px)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
         count = images.shape[0]
@@ -166,12 +152,10 @@ class Elastic(Distortion):
     name = "elastic"
 
     def __init__(self, points_per_side: int = 4, control_std_px: float = 1.5) -> None:
-        if points_per_side < 2:
-            raise ValueError(
-                f"data.distortion.points_per_side={points_per_side} is out of range: allowed >= 2"
-            )
-        self.points_per_side = points_per_side
-        self.control_std_px = _non_negative("data.distortion.control_std_px", control_std_px)
+        self.points_per_side = check_argument(
+            type(self), "points_per_side", points_per_side, lambda v: is_int(v) and v >= 2, ">= 2"
+        )
+        self.control_std_px = _non_negative(type(self), "control_std_px", control_std_px)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
         count = images.shape[0]
@@ -190,13 +174,14 @@ class Cluttered(Distortion):
     name = "cluttered"
 
     def __init__(self, canvas_size: int = 60, clutter_pieces: int = 6, piece_size: int = 6) -> None:
-        if canvas_size < MNIST_SIZE:
-            raise ValueError(f"data.distortion.canvas_size={canvas_size} is out of range: allowed >= 28")
-        if not 1 <= piece_size <= MNIST_SIZE:
-            raise ValueError(f"data.distortion.piece_size={piece_size} is out of range: allowed 1..28")
-        if clutter_pieces < 0:
-            raise ValueError(f"data.distortion.clutter_pieces={clutter_pieces} is out of range: allowed >= 0")
-        self.canvas_size, self.clutter_pieces, self.piece_size = canvas_size, clutter_pieces, piece_size
+        self.canvas_size = _canvas(type(self), canvas_size)
+        owner = type(self)
+        self.piece_size = check_argument(
+            owner, "piece_size", piece_size, lambda v: is_int(v) and 1 <= v <= 28, "1..28"
+        )
+        self.clutter_pieces = check_argument(
+            owner, "clutter_pieces", clutter_pieces, lambda v: is_int(v) and v >= 0, ">= 0"
+        )
 
     def _paste(
         self, canvas: torch.Tensor, pieces: torch.Tensor, top: torch.Tensor, left: torch.Tensor
@@ -244,6 +229,6 @@ class Cluttered(Distortion):
         return canvas.view(count, 1, size, size), params
 
 
-VARIANTS: dict[str, type[Distortion]] = {
+DISTORTION_CLASSES: dict[str, type[Distortion]] = {  # by their `name`
     cls.name: cls for cls in (Rotation, RotationScaleTranslation, Projective, Elastic, Cluttered)
 }

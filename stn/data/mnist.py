@@ -1,185 +1,28 @@
-"""MNIST as a LightningDataModule: decoded once, held as uint8 tensors, batched by tensor indexing.
-
-Two ways to serve batches, chosen by `fast_path`:
-
-- fast path (default): the uint8 images live on the training device; each epoch is a permutation
-  sliced into batches there, normalised per batch on the device (`DeviceBatches`). No DataLoader,
-  no workers, no per-sample Python, no host-to-device copy per step.
-- plain path: a DataLoader over the same tensors on the CPU (`InMemoryImages.__getitems__`
-  fetches a whole batch with one index), the batches then copied to the device by Lightning.
-
-Both draw their order from the same `EpochShuffle` and normalise in `InMemoryImages.batch`, so
-they give identical batches for the same seed (tests/test_datamodule.py).
-"""
+"""MNIST and the STN paper's distorted MNIST as LightningDataModules: decoded once, held as uint8
+tensors, served in batches by `stn.data.batching` (on the training device by default)."""
 
 from __future__ import annotations
 
 import hashlib
-import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader
 from torchvision.datasets import MNIST
 
-from stn.data.distortions import Distortion
+from stn.data.batching import DeviceBatches, EpochShuffle, InMemoryImages, keep_batch
+from stn.data.distortions import MNIST_SIZE, Distortion
+from stn.errors import UserError, check_argument, is_int
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 TRAIN_SIZE = 60_000
+DISTORTION_CHUNK = 1_000  # images distorted at a time when the fixed sets are made
 
-Batch = tuple[torch.Tensor, torch.Tensor]
 
-
-class MNISTDataError(RuntimeError):
+class MNISTDataError(UserError):
     """MNIST is missing or corrupt where it was expected."""
-
-
-class EpochShuffle(Sampler[int]):
-    """A fresh permutation each epoch, drawn from (seed, epoch) alone.
-
-    Lightning calls `set_epoch` at the start of every training epoch, so the order depends on
-    neither the device nor the global RNG: the fast and the plain path see the same batches, and a
-    run resumed at epoch k sees the order an uninterrupted run would have.
-    """
-
-    def __init__(self, size: int, seed: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def _epoch_seed(self) -> int:
-        return (self.seed % 2**32) * 2**20 + self.epoch
-
-    def generator(self, device: torch.device, rank: int = 0) -> torch.Generator:
-        """A generator on `device` for this epoch's random augmentations (a stream of its own)."""
-        # each DDP rank draws its own distortions: rank r uses the stream 2**56 * r further on
-        return torch.Generator(device=device).manual_seed(2**60 + 2**56 * rank + self._epoch_seed())
-
-    def permutation(self) -> torch.Tensor:
-        generator = torch.Generator().manual_seed(self._epoch_seed())
-        return torch.randperm(self.size, generator=generator)
-
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.permutation().tolist())
-
-    def __len__(self) -> int:
-        return self.size
-
-
-class InMemoryImages(Dataset):
-    """uint8 images and int64 labels as two tensors (on any device), normalised per batch.
-
-    `__getitems__` lets a DataLoader fetch a whole batch with one tensor index instead of one
-    Python call and one collate per sample.
-    """
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: float, std: float) -> None:
-        if images.dtype != torch.uint8:
-            raise TypeError(f"images must be uint8 pixels, got {images.dtype}")
-        self.images = images  # (N, 1, H, W) uint8
-        self.labels = labels  # (N,) int64
-        self.mean, self.std = mean, std
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def batch(
-        self,
-        index: torch.Tensor | slice,
-        distortion: Distortion | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Batch:
-        """Normalised float32 images, (x / 255 - mean) / std, and labels at `index`, on the
-        tensors' device; with a `distortion`, distorted first (in [0, 1] pixel space, drawing from
-        `generator`)."""
-        pixels = self.images[index].float().div_(255)  # (N, 1, H, W) in [0, 1]
-        if distortion is not None:
-            pixels, _ = distortion(pixels, generator)
-        return pixels.sub_(self.mean).div_(self.std), self.labels[index]
-
-    def __getitem__(self, index: int) -> Batch:
-        images, label = self.batch(slice(index, index + 1))
-        return images[0], label[0]
-
-    def __getitems__(self, indices: list[int]) -> Batch:
-        return self.batch(torch.as_tensor(indices))
-
-    def to(self, device: torch.device) -> InMemoryImages:
-        if self.images.device == device:
-            return self
-        return InMemoryImages(self.images.to(device), self.labels.to(device), self.mean, self.std)
-
-
-def keep_batch(batch: Batch) -> Batch:
-    """Collate for `InMemoryImages.__getitems__`, whose batches are already stacked."""
-    return batch
-
-
-class DeviceBatches:
-    """Batches sliced from an `InMemoryImages` that lives on the training device.
-
-    An iterable with a length, which Lightning accepts in place of a DataLoader; `sampler` is
-    where Lightning finds `set_epoch`. Without a sampler the order is fixed (validation, test) and
-    each batch is a view, not a copy. With a `distortion` (training on a distorted variant), every
-    batch is distorted afresh, from a generator seeded by the sampler's seed and epoch.
-
-    Under DDP each of `world_size` ranks holds the whole dataset and takes its own share: in
-    training every rank draws the same permutation and keeps every `world_size`-th image from its
-    `rank` on, the same count on every rank (the last `size % world_size` of each epoch's order are
-    left out), so the ranks step in lockstep; in validation and test each rank takes a contiguous
-    block (torchmetrics sums the ranks' counts).
-    """
-
-    def __init__(
-        self,
-        dataset: InMemoryImages,
-        batch_size: int,
-        sampler: EpochShuffle | None = None,
-        distortion: Distortion | None = None,
-        rank: int = 0,
-        world_size: int = 1,
-    ) -> None:
-        if distortion is not None and sampler is None:
-            raise ValueError("fresh distortions per batch need a sampler (its seed and epoch seed them)")
-        self.dataset = dataset
-        self.batch_size = batch_size
-        self.sampler = sampler
-        self.distortion = distortion
-        self.batch_sampler = None  # what Lightning looks for on a DataLoader
-        self.rank, self.world_size = rank, world_size
-
-    def _block(self) -> tuple[int, int]:
-        """This rank's contiguous [start, end) of an unshuffled dataset."""
-        size = len(self.dataset)
-        return size * self.rank // self.world_size, size * (self.rank + 1) // self.world_size
-
-    def _count(self) -> int:
-        if self.sampler is None:
-            start, end = self._block()
-            return end - start
-        return len(self.dataset) // self.world_size
-
-    def __len__(self) -> int:
-        return math.ceil(self._count() / self.batch_size)
-
-    def __iter__(self) -> Iterator[Batch]:
-        step = self.batch_size
-        if self.sampler is None:
-            start, end = self._block()
-            for first in range(start, end, step):
-                yield self.dataset.batch(slice(first, min(first + step, end)))
-            return
-        device = self.dataset.images.device
-        order = self.sampler.permutation().to(device)  # (N,) one copy per epoch
-        if self.world_size > 1:  # this rank's share: (N // world_size,)
-            order = order[self.rank : self._count() * self.world_size : self.world_size]
-        generator = self.sampler.generator(device, self.rank) if self.distortion is not None else None
-        for first in range(0, len(order), step):
-            yield self.dataset.batch(order[first : first + step], self.distortion, generator)
 
 
 def _md5(path: Path) -> str:
@@ -196,10 +39,6 @@ class MNISTDataModule(L.LightningDataModule):
     sets it).
     """
 
-    image_size = 28
-    in_channels = 1
-    num_classes = 10
-
     def __init__(
         self,
         data_dir: str = "data",
@@ -215,16 +54,34 @@ class MNISTDataModule(L.LightningDataModule):
         test_subset: int | None = None,
         fast_path: bool = True,
         shuffle_seed: int | None = None,
+        image_size: int = MNIST_SIZE,
     ) -> None:
         super().__init__()
-        if not 0 < val_size < TRAIN_SIZE:
-            raise ValueError(f"val_size must be in 1..{TRAIN_SIZE - 1}, got {val_size}")
+        owner = type(self)
+        check_argument(owner, "batch_size", batch_size, lambda v: is_int(v) and v >= 1, "integers >= 1")
+        check_argument(owner, "num_workers", num_workers, lambda v: is_int(v) and v >= 0, "integers >= 0")
+        check_argument(
+            owner, "val_size", val_size, lambda v: is_int(v) and 0 < v < TRAIN_SIZE, f"1..{TRAIN_SIZE - 1}"
+        )
+        for name, subset in (("train_subset", train_subset), ("test_subset", test_subset)):
+            check_argument(
+                owner, name, subset, lambda v: v is None or (is_int(v) and v >= 1), "integers >= 1 or null"
+            )
+        self._check_image_size(image_size)
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.shuffle_seed = shuffle_seed
         self.train_set: InMemoryImages | None = None
         self.val_set: InMemoryImages | None = None
         self.test_set: InMemoryImages | None = None
+
+    def _check_image_size(self, image_size: int) -> None:
+        check_argument(type(self), "image_size", image_size, lambda v: v == MNIST_SIZE, "28 (MNIST's size)")
+
+    @property
+    def image_size(self) -> int:
+        """The side of the square images this datamodule serves."""
+        return self.hparams.image_size
 
     @property
     def raw_dir(self) -> Path:
@@ -322,3 +179,54 @@ class MNISTDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader | DeviceBatches:
         return self._loader(self.test_set, shuffle=False)
+
+
+class DistortedMNISTDataModule(MNISTDataModule):
+    """The MNIST split of `MNISTDataModule`, distorted.
+
+    Training batches are distorted afresh on the training device, a new draw every epoch (seeded
+    by the shuffle seed and the epoch). Validation and test images are distorted once, on the CPU
+    from `test_seed`, and kept as uint8: every model, on every device, is scored on the same
+    images.
+    """
+
+    def __init__(self, distortion: Distortion, test_seed: int = 2015, **mnist) -> None:
+        check_argument(
+            type(self), "fast_path", mnist.get("fast_path", True), bool, "true",
+            "the distorted variants are generated by the fast path only",
+        )  # fmt: skip
+        self.distortion = distortion  # before super().__init__, which checks image_size against it
+        super().__init__(**mnist)
+        # the distortion is an object: its config is in the run folder, and the checkpoint stays
+        # loadable with weights_only
+        self.save_hyperparameters(ignore=["distortion"])
+        self.test_seed = test_seed
+        self._fixed: set[str] = set()
+
+    def _check_image_size(self, image_size: int) -> None:
+        canvas = self.distortion.canvas_size
+        check_argument(
+            type(self), "image_size", image_size, lambda v: v == canvas,
+            f"{canvas}, the distortion's canvas (data.distortion.canvas_size follows data.image_size)",
+        )  # fmt: skip
+
+    def fixed(self, dataset: InMemoryImages, seed: int) -> InMemoryImages:
+        """`dataset` distorted once, from `seed`, as uint8 pixels on the CPU."""
+        generator = torch.Generator().manual_seed(seed)
+        chunks = [
+            self.distortion(dataset.images[first : first + DISTORTION_CHUNK].float().div(255), generator)[0]
+            for first in range(0, len(dataset), DISTORTION_CHUNK)
+        ]
+        pixels = torch.cat(chunks).mul_(255).round_().clamp_(0, 255).to(torch.uint8)  # (N, 1, S, S)
+        return self._images(pixels, dataset.labels)
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        for name, seed in (("val_set", self.test_seed + 1), ("test_set", self.test_seed)):
+            dataset = getattr(self, name)
+            if dataset is not None and name not in self._fixed:
+                setattr(self, name, self.fixed(dataset, seed))
+                self._fixed.add(name)
+
+    def train_dataloader(self) -> DeviceBatches:
+        return self._loader(self.train_set, shuffle=True, distortion=self.distortion)

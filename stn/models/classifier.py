@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from stn.errors import check_argument, is_int
 from stn.models.layers import mlp
 from stn.models.transformer import SpatialTransformer
 
@@ -25,10 +26,12 @@ class ConvClassifier(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
+        check_argument(
+            type(self), "image_size", image_size, lambda v: is_int(v) and v >= 16, "integers >= 16"
+        )
+        self.num_classes = num_classes
         first, second = channels
         feature_size = ((image_size - 4) // 2 - 4) // 2
-        if feature_size < 1:
-            raise ValueError(f"image_size={image_size} is too small for the classifier: need >= 16")
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, first, kernel_size=5),
             nn.MaxPool2d(2),
@@ -62,6 +65,7 @@ class FullyConnectedClassifier(nn.Module):
         dropout: float = 0.0,
     ) -> None:
         super().__init__()
+        self.num_classes = num_classes
         sizes = [in_channels * image_size * image_size, *hidden, num_classes]
         self.layers = nn.Sequential(nn.Flatten(), *mlp(sizes, dropout))  # (N, C * H * W) -> (N, classes)
 

@@ -13,23 +13,30 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from stn.models.acceleration import CUDA_GRAPH_MODES, compile_failure, compile_mode_for, to_channels_last
+from stn.errors import check_argument, is_number
+from stn.models.acceleration import (
+    COMPILE_MODES,
+    CUDA_GRAPH_MODES,
+    compile_failure,
+    compile_mode_for,
+    to_channels_last,
+)
 from stn.models.classifier import STNClassifier
 from stn.models.transformer import SpatialTransformer
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
-TransformerFactory = Callable[..., SpatialTransformer]  # (localization, align_corners=, fill_value=)
+TransformerFactory = Callable[[nn.Module], SpatialTransformer]  # localization -> transformer
 
 
 class STNLitModule(L.LightningModule):
-    """Trains `classifier`, with a spatial transformer in front of it when `localization` is given.
+    """Trains `classifier`, with the spatial transformer `transformer(localization)` in front of it
+    when `localization` is given (`model=cnn`: none).
 
     `optimizer` and `scheduler` are factories (Hydra partials) that get the parameter groups and
-    the optimizer; `transformer` builds the spatial transformer around `localization` (affine by
-    default; `ProjectiveTransformer`, `ThinPlateSplineTransformer`). The localization net is its
-    own parameter group with its learning rate scaled
-    by `localization_lr_scale`: a smaller step keeps theta from jumping early in training.
+    the optimizer. The localization net (with the transformer's head) is its own parameter group,
+    its learning rate scaled by `localization_lr_scale`: a smaller step keeps theta from jumping
+    early in training.
 
     The training step never waits for the device: metrics accumulate on it (no per-step
     `.item()`, no input validation), epoch metrics are computed and logged once per epoch, and
@@ -43,20 +50,25 @@ class STNLitModule(L.LightningModule):
         classifier: nn.Module,
         optimizer: OptimizerFactory,
         localization: nn.Module | None = None,
+        transformer: TransformerFactory = SpatialTransformer,
         scheduler: SchedulerFactory | None = None,
         scheduler_interval: str = "epoch",
         localization_lr_scale: float = 1.0,
-        align_corners: bool = False,
-        pad_with_background: bool = True,
-        input_mean: float = 0.0,
-        input_std: float = 1.0,
-        num_classes: int = 10,
         channels_last: bool = True,
         compile: bool = False,
         compile_mode: str = "default",
-        transformer: TransformerFactory = SpatialTransformer,
     ) -> None:
         super().__init__()
+        owner = type(self)
+        check_argument(
+            owner, "scheduler_interval", scheduler_interval, lambda v: v in ("epoch", "step"), "epoch | step"
+        )
+        check_argument(
+            owner, "localization_lr_scale", localization_lr_scale, lambda v: is_number(v) and v >= 0, ">= 0"
+        )
+        check_argument(
+            owner, "compile_mode", compile_mode, lambda v: v in COMPILE_MODES, " | ".join(COMPILE_MODES)
+        )
         # modules and factories stay out of the checkpoint's hparams so it loads with weights_only;
         # the full config is in the run folder (.hydra/config.yaml) and the logger's hparams
         self.save_hyperparameters(
@@ -64,26 +76,22 @@ class STNLitModule(L.LightningModule):
         )
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
-        spatial_transformer = None
-        if localization is not None:
-            # raw background 0 after normalisation; see SpatialTransformer
-            fill_value = -input_mean / input_std if pad_with_background else 0.0
-            spatial_transformer = transformer(
-                localization, align_corners=align_corners, fill_value=fill_value
-            )
+        spatial_transformer = transformer(localization) if localization is not None else None
         self.net = STNClassifier(classifier, spatial_transformer)
 
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self._compiled = False
         self._cuda_graphs = False
-        self._first_calls_done: set[bool] = set()  # compiled in train / eval mode without error
+        self._modes_compiled: set[bool] = set()  # `training` values whose first compiled call worked
 
         # validate_args=False and nan_strategy="disable": the checks read tensors on the host,
         # which would stall the GPU every step; labels come from the datamodule and a NaN loss
         # still shows as a NaN epoch mean
         def accuracy() -> MulticlassAccuracy:
-            return MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
+            return MulticlassAccuracy(
+                num_classes=classifier.num_classes, average="micro", validate_args=False
+            )
 
         self.train_acc, self.val_acc, self.test_acc = accuracy(), accuracy(), accuracy()
         self.train_loss = MeanMetric(nan_strategy="disable")
@@ -114,13 +122,13 @@ class STNLitModule(L.LightningModule):
             torch.compiler.cudagraph_mark_step_begin()
         if self.hparams.channels_last:
             images = to_channels_last(images)
-        if not self._compiled or self.training in self._first_calls_done:
+        if not self._compiled or self.training in self._modes_compiled:
             return self.net(images)
         try:  # the first call in each mode compiles: a compiler failure becomes one clear error
             logits = self.net(images)
         except Exception as error:  # dynamo and inductor raise many types
             raise compile_failure(error) from error
-        self._first_calls_done.add(self.training)
+        self._modes_compiled.add(self.training)
         return logits
 
     def on_train_start(self) -> None:

@@ -1,4 +1,7 @@
-"""Localization network: regresses the transformer's parameters (6 for an affine theta) from the image."""
+"""Localization networks: the features from which a spatial transformer regresses its parameters.
+
+Each ends in a hidden layer of `out_features`; the transformer adds the last layer, sized by its own
+parameter count and initialised to its identity (stn/models/transformer.py)."""
 
 from __future__ import annotations
 
@@ -7,9 +10,9 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from stn.models.layers import identity_head, mlp
+from stn.errors import check_argument, is_int
+from stn.models.layers import mlp
 
-IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 POOL = 2
 # one entry per possible block; the first two are the tutorial's
 DEFAULT_CHANNELS = (8, 10, 16, 32)
@@ -35,13 +38,12 @@ def max_depth(image_size: int, kernel_sizes: Sequence[int], paddings: Sequence[i
 
 
 class LocalizationNet(nn.Module):
-    """A stack of `depth` conv -> maxpool(2) -> ReLU blocks, then a small MLP that outputs theta.
+    """A stack of `depth` conv -> maxpool(2) -> ReLU blocks, then a hidden layer of `hidden` units.
 
     The defaults reproduce the PyTorch STN tutorial at depth 2:
-    Conv(1,8,k7) -> Pool -> ReLU -> Conv(8,10,k5) -> Pool -> ReLU -> Linear(90,32) -> ReLU -> Linear(32,6).
-    `channels`, `kernel_sizes` and `paddings` list one entry per possible block; the first `depth`
-    are used. The last layer starts at zero weight and identity bias, so the transformer starts as
-    the identity and the classifier first sees the untouched input.
+    Conv(1,8,k7) -> Pool -> ReLU -> Conv(8,10,k5) -> Pool -> ReLU -> Linear(90,32) -> ReLU, to which
+    the affine transformer adds Linear(32,6). `channels`, `kernel_sizes` and `paddings` list one
+    entry per possible block; the first `depth` are used.
     """
 
     def __init__(
@@ -55,16 +57,17 @@ class LocalizationNet(nn.Module):
         hidden: int = 32,
     ) -> None:
         super().__init__()
-        if not len(channels) == len(kernel_sizes) == len(paddings):
-            raise ValueError(
-                "channels, kernel_sizes and paddings need one entry per block, got "
-                f"{len(channels)}, {len(kernel_sizes)} and {len(paddings)}"
-            )
+        blocks_given = f"{len(kernel_sizes)} kernel_sizes and {len(paddings)} paddings"
+        check_argument(
+            type(self), "channels", channels, lambda v: len(v) == len(kernel_sizes) == len(paddings),
+            f"one entry per block, as many as the {blocks_given}",
+        )  # fmt: skip
         deepest = max_depth(image_size, kernel_sizes, paddings)
-        if not 1 <= depth <= deepest:
-            raise ValueError(
-                f"depth={depth} does not fit a {image_size}x{image_size} input: allowed range is 1..{deepest}"
-            )
+        check_argument(
+            type(self), "depth", depth, lambda v: is_int(v) and 1 <= v <= deepest,
+            f"1..{deepest} for a {image_size}x{image_size} input",
+            "each block is conv -> maxpool(2); a deeper stack shrinks the feature map below 1x1",
+        )  # fmt: skip
         blocks: list[nn.Module] = []
         width = in_channels
         for out_channels, kernel, padding in zip(
@@ -82,17 +85,11 @@ class LocalizationNet(nn.Module):
             nn.Flatten(),  # (N, C * S * S)
             nn.Linear(width * final_size * final_size, hidden),
             nn.ReLU(inplace=True),
-            nn.Linear(hidden, 6),
         )
-        self.reset_head(torch.tensor(IDENTITY_THETA))
-
-    def reset_head(self, identity: torch.Tensor) -> None:
-        """Make the last layer output `len(identity)` parameters, starting at exactly `identity`
-        (zero weight, identity bias): the transformer that owns this net decides what they mean."""
-        self.regressor[-1] = identity_head(self.regressor[-1].in_features, identity)
+        self.out_features = hidden
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) images -> (N, P) transformation parameters (P = 6 for an affine theta)."""
+        """(N, C, H, W) images -> (N, hidden) features."""
         return self.regressor(self.features(images))
 
 
@@ -102,13 +99,9 @@ class FullyConnectedLocalization(nn.Module):
     def __init__(self, in_channels: int = 1, image_size: int = 28, hidden: Sequence[int] = (32, 32)) -> None:
         super().__init__()
         layers = [nn.Flatten(), *mlp([in_channels * image_size * image_size, *hidden], dropout=0.0)]
-        self.regressor = nn.Sequential(
-            *layers, nn.ReLU(inplace=True), identity_head(hidden[-1], torch.tensor(IDENTITY_THETA))
-        )
-
-    def reset_head(self, identity: torch.Tensor) -> None:
-        self.regressor[-1] = identity_head(self.regressor[-1].in_features, identity)
+        self.regressor = nn.Sequential(*layers, nn.ReLU(inplace=True))  # (N, C * H * W) -> (N, hidden[-1])
+        self.out_features = hidden[-1]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) images -> (N, P) transformation parameters."""
+        """(N, C, H, W) images -> (N, hidden[-1]) features."""
         return self.regressor(images)

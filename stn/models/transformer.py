@@ -1,6 +1,6 @@
-"""Spatial transformers: parameters from a localization net, a sampling grid from them, then
-bilinear sampling. Affine (the tutorial's, 6 parameters), projective (8) and thin-plate spline
-(2 per control point); each starts as the identity."""
+"""Spatial transformers: parameters regressed from a localization net's features, a sampling grid
+from them (stn/geometry.py), then bilinear sampling. Affine (the tutorial's, 6 parameters),
+projective (8) and thin-plate spline (2 per control point); each starts as the identity."""
 
 from __future__ import annotations
 
@@ -8,39 +8,50 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stn.errors import check_argument, is_int
 from stn.geometry import control_grid, homography_grid, tps_grid, tps_system
-from stn.models.localization import IDENTITY_THETA
+from stn.models.layers import identity_head
+
+IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
 class SpatialTransformer(nn.Module):
-    """Warps its input with the affine transform predicted by `localization`.
+    """Warps its input with the affine transform regressed from `localization`'s features.
 
-    Subclasses change the parametrisation (`identity`, `to_theta`) and the grid
-    (`sampling_grid`); `localization`'s last layer is resized to their parameter count.
+    `head`, the last layer, outputs this transformer's parameters and starts at exactly its identity
+    (zero weight, identity bias), so the classifier first sees the untouched input. Subclasses
+    change the parametrisation (`identity`, `to_theta`) and the grid (`sampling_grid`).
 
-    `fill_value` is what the image shows outside its borders. `grid_sample` pads with 0, but
-    normalised MNIST has its background at -mean/std (about -0.42): padding with 0 would paint a
-    bright frame whenever the transformer zooms out, and the network can learn to shrink the digit
-    for it. Sampling `images - fill_value` and adding `fill_value` back pads with the background.
+    With `pad_with_background`, the image shows its background outside its borders: `grid_sample`
+    pads with 0, but normalised MNIST has its background at -mean/std (about -0.42), so padding with
+    0 would paint a bright frame whenever the transformer zooms out, and the network can learn to
+    shrink the digit for it. Sampling `images - fill_value` and adding `fill_value` back pads with
+    the background. `output_size` smaller than the input lets the classifier see a zoomed-in crop of
+    a large canvas at a fraction of the cost (TC: 60x60 in, 30x30 out).
     """
 
     def __init__(
         self,
         localization: nn.Module,
+        output_size: int | None = None,
         align_corners: bool = False,
-        fill_value: float = 0.0,
-        output_size: int | tuple[int, int] | None = None,
+        pad_with_background: bool = True,
+        input_mean: float = 0.0,
+        input_std: float = 1.0,
     ) -> None:
         super().__init__()
+        check_argument(
+            type(self),
+            "output_size",
+            output_size,
+            lambda v: v is None or (is_int(v) and v >= 1),
+            "integers >= 1",
+        )
         self.localization = localization
+        self.head = identity_head(localization.out_features, self.identity())
         self.align_corners = align_corners
-        self.fill_value = fill_value
-        # the sampled image's (H, W): smaller than the input lets the classifier see a zoomed-in
-        # crop of a large canvas at a fraction of the cost (TC: 60x60 in, 30x30 out)
-        if isinstance(output_size, int):
-            output_size = (output_size, output_size)
-        self.output_size = tuple(output_size) if output_size is not None else None
-        localization.reset_head(self.identity())
+        self.fill_value = -input_mean / input_std if pad_with_background else 0.0
+        self.output_size = (output_size, output_size) if output_size is not None else None  # (H, W)
 
     def identity(self) -> torch.Tensor:
         """The flat parameters of the identity transform: where the localization net starts."""
@@ -65,7 +76,7 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns the transformed images and the theta that produced them ((N, 2, 3) here)."""
-        theta = self.to_theta(self.localization(images))
+        theta = self.to_theta(self.head(self.localization(images)))
         return self.warp(images, theta), theta
 
 
@@ -73,19 +84,19 @@ class _NormalisedGridTransformer(SpatialTransformer):
     """Grids built in `grid_sample`'s align_corners=False coordinates (stn/geometry.py)."""
 
     def __init__(self, localization: nn.Module, align_corners: bool = False, **kwargs) -> None:
-        if align_corners:
-            raise ValueError(f"model.align_corners=true is not supported by {type(self).__name__}")
+        check_argument(
+            type(self), "align_corners", align_corners, lambda v: not v, "false",
+            "its grids are built in align_corners=false coordinates",
+        )  # fmt: skip
         super().__init__(localization, align_corners=False, **kwargs)
 
 
 class ProjectiveTransformer(_NormalisedGridTransformer):
     """An 8-parameter homography: theta is a (N, 3, 3) matrix with theta[2, 2] = 1.
 
-    The two perspective terms (theta[2, :2]) divide every grid coordinate: the step that moves an
-    affine term by 0.1 moves the far side of the grid past infinity when it lands on them (on TC,
-    Adam at lr 0.002 sent the whole grid off the canvas within the first epoch, and training
-    stalled at chance). They are therefore the localization net's outputs times
-    `perspective_scale`, a smaller step for the same gradient.
+    The two perspective terms (theta[2, :2]) divide every grid coordinate, so a step that moves an
+    affine term a little can move the far side of the grid past infinity. They are the head's
+    outputs times `perspective_scale`: a smaller step for the same gradient.
     """
 
     def __init__(self, localization: nn.Module, perspective_scale: float = 0.1, **kwargs) -> None:

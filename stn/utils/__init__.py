@@ -1,3 +1,0 @@
-from stn.utils.checks import ConfigError, check_config
-
-__all__ = ["ConfigError", "check_config"]

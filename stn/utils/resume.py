@@ -14,15 +14,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from stn.utils.checks import ConfigError
-from stn.utils.runs import split_override
+from stn.errors import ConfigError
+from stn.utils.runs import LAST_CHECKPOINT, run_folders, split_override
 
 log = logging.getLogger(__name__)
 
 LAST = "last"
-LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 def _without_ckpt_path(overrides: list[str]) -> list[str]:
@@ -33,14 +32,14 @@ def earlier_runs(log_dir: Path, overrides: list[str], exclude: Path) -> list[Pat
     """Run folders under `log_dir` made by the same overrides (ckpt_path aside) that have a
     last checkpoint, newest first."""
     wanted = _without_ckpt_path(overrides)
-    found = []
-    for recorded in log_dir.glob("**/.hydra/overrides.yaml"):
-        folder = recorded.parent.parent
-        if folder.resolve() == exclude.resolve() or not (folder / LAST_CHECKPOINT).is_file():
-            continue
-        if _without_ckpt_path(list(OmegaConf.load(recorded))) == wanted:
-            found.append(folder)
-    return sorted(found, key=lambda f: (f / LAST_CHECKPOINT).stat().st_mtime, reverse=True)
+    found = [
+        run.path
+        for run in run_folders(log_dir)
+        if run.path.resolve() != exclude.resolve()
+        and run.last_checkpoint.is_file()
+        and _without_ckpt_path(run.overrides) == wanted
+    ]
+    return sorted(found, key=lambda folder: (folder / LAST_CHECKPOINT).stat().st_mtime, reverse=True)
 
 
 def resume_point(

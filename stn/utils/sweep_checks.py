@@ -13,7 +13,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stn.utils.checks import ConfigError
+from stn.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

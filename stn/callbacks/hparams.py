@@ -1,0 +1,81 @@
+"""TensorBoard's HParams tab for a run: its hyperparameters as columns, its final metrics as values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import yaml
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"model": {"optimizer": {"lr": 0.01}}} -> {"model.optimizer.lr": 0.01}; None values dropped."""
+    flat: dict[str, Any] = {}
+    for name, value in tree.items():
+        if isinstance(value, Mapping):
+            flat |= flatten(value, f"{prefix}{name}.")
+        elif value is not None:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def override_values(overrides: Sequence[str], groups: Sequence[str]) -> dict[str, Any]:
+    """`key=value` command-line overrides as {key: value} (YAML-typed), leaving out Hydra's own
+    keys and config group choices (`model=cnn`), which the choices show."""
+    values = {}
+    for override in overrides:
+        key, equals, value = str(override).partition("=")
+        key = key.lstrip("+~")
+        if not equals or key.startswith("hydra") or key in groups or "/" in key:
+            continue
+        try:
+            values[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            values[key] = value
+    return {key: value for key, value in values.items() if isinstance(value, (bool, int, float, str))}
+
+
+class HParamsLogger(L.Callback):
+    """Writes the run's hyperparameters when fitting starts, with placeholder values for `metrics`
+    (the tab needs its metric columns named up front), then the metrics' final values as
+    `hp/<metric>` scalars after fitting and after testing.
+
+    The columns: the choices of the config `groups` (e.g. data and model; `choices` holds every
+    group's), `hparams` (a nested mapping, flattened to dotted keys) and every key the command line
+    set (`overrides`), so a sweep's parameters are columns whatever it sweeps."""
+
+    def __init__(
+        self,
+        choices: Mapping[str, Any] | None = None,
+        groups: Sequence[str] = ("data", "model"),
+        hparams: Mapping[str, Any] | None = None,
+        overrides: Sequence[str] = (),
+        metrics: Sequence[str] = ("val/acc_best", "test/acc"),
+    ) -> None:
+        choices = dict(choices or {})
+        shown = {group: choices[group] for group in groups if choices.get(group) is not None}
+        self.hparams = shown | flatten(hparams or {}) | override_values(overrides, list(choices))
+        self.metrics = list(metrics)
+
+    @rank_zero_only
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        for logger in trainer.loggers:
+            logger.log_hyperparams(self.hparams, metrics={f"hp/{name}": 0.0 for name in self.metrics})
+
+    def _log_final(self, trainer: L.Trainer) -> None:
+        final = {
+            f"hp/{name}": float(trainer.callback_metrics[name])
+            for name in self.metrics
+            if name in trainer.callback_metrics
+        }
+        if final and trainer.is_global_zero:
+            for logger in trainer.loggers:
+                logger.log_metrics(final, step=trainer.global_step)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_final(trainer)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log_final(trainer)

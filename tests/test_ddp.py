@@ -1,0 +1,43 @@
+"""Data-parallel training: DDP on two CPU processes, and each rank's share of the fast path's data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from stn.data.batching import DeviceBatches, EpochShuffle, InMemoryImages
+
+from .conftest import (
+    run,
+)
+
+
+def test_ddp_sim_trains_on_two_processes(tmp_path: Path, mnist_dir: Path):
+    run_dir = tmp_path / "run"
+    process = run("stn.train", "trainer=ddp_sim", "debug=fdr", f"hydra.run.dir={run_dir}", data_dir=mnist_dir)
+    output = process.stdout + process.stderr
+    assert "GLOBAL_RANK: 0, MEMBER: 1/2" in output and "GLOBAL_RANK: 1, MEMBER: 2/2" in output
+    assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] >= 0.0
+
+
+def _dataset(count: int) -> InMemoryImages:
+    images = torch.arange(count, dtype=torch.uint8).view(count, 1, 1, 1).expand(count, 1, 2, 2)
+    return InMemoryImages(images.contiguous(), torch.arange(count), mean=0.0, std=1.0)
+
+
+def _labels(batches: DeviceBatches) -> list[int]:
+    return [int(label) for _, labels in batches for label in labels]
+
+
+def test_ddp_ranks_split_the_fast_path_data():
+    dataset, world = _dataset(103), 2
+    train = [DeviceBatches(dataset, 8, EpochShuffle(103, 5), rank=r, world_size=world) for r in range(world)]
+    shares = [_labels(batches) for batches in train]
+    assert len(shares[0]) == len(shares[1]) == 51 and len(train[0]) == len(train[1]) == 7  # lockstep
+    assert not set(shares[0]) & set(shares[1])  # disjoint
+    whole = _labels(DeviceBatches(dataset, 8, EpochShuffle(103, seed=5)))
+    assert sorted(shares[0] + shares[1]) == sorted(whole[: 51 * 2])  # the same epoch order, shared out
+    val = [_labels(DeviceBatches(dataset, 8, rank=r, world_size=world)) for r in range(world)]
+    assert val[0] + val[1] == list(range(103))  # every validation image once

@@ -1,0 +1,40 @@
+"""`python -m stn.summarize`: a sweep's table, best first, with its failed jobs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from stn.summarize import main as summarize
+
+from .conftest import (
+    TINY,
+    multirun,
+)
+
+
+def test_summary_ranks_jobs_and_lists_the_failed_one(tmp_path: Path, mnist_dir: Path):
+    sweep = tmp_path / "sweep"
+    # depth 9 does not fit a 28x28 input: that job fails
+    process, _ = multirun(
+        *TINY, "model.localization.depth=1,2,9", sweep=sweep, data_dir=mnist_dir, check=False
+    )
+    assert process.returncode != 0  # the sweep reports its failed job
+    assert summarize([str(sweep)]) == 0
+    lines = (sweep / "summary.md").read_text().splitlines()
+    header = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    assert header[:4] == ["job", "status", "model.localization.depth", "val/acc_best"]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+    assert [row[1] for row in rows] == ["ok", "ok", "failed"]
+    scores = [float(row[3]) for row in rows[:2]]
+    assert scores == sorted(scores, reverse=True)  # best first
+    assert rows[2][2] == "9" and "model.localization.depth=9 is out of range" in rows[2][-1]
+    assert (sweep / "summary.csv").read_text().count("\n") == 4
+    assert (sweep / "summary.png").stat().st_size > 0
+
+
+def test_summary_of_a_folder_without_runs_is_one_sentence(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        summarize([str(tmp_path)])
+    assert str(stop.value) == f"error: no runs under {tmp_path}: no job folder with .hydra/overrides.yaml"
