@@ -28,6 +28,10 @@ class ConfigError(UserError, ValueError):
     """A config value (or a combination of values) the run cannot use."""
 
 
+class TrainingDiverged(UserError):
+    """The loss is no longer a finite number: training stopped, as nothing after it would count."""
+
+
 class ArgumentError(ConfigError):
     """One argument outside what its owner accepts, raised where the value enters.
 

@@ -13,7 +13,6 @@ digits, then what each trained transformer makes of them (one row per model).
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ from omegaconf import DictConfig
 from torchvision.utils import make_grid, save_image
 
 from stn.callbacks.transform_grid import at_input_size
-from stn.utils.runs import run_folders
+from stn.utils.runs import csv_text, run_folders, write_atomically
 
 PAPER_COLUMNS = {  # the data= choice -> its column in the paper's table
     "mnist_rot": "R",
@@ -132,8 +131,7 @@ def write_table(runs: list[Run], out: Path) -> str:
         ours = [cell([r.error for r in runs if r.model == model and r.variant == c]) for c in columns]
         paper = [str(PAPER.get(model, {}).get(c, "")) for c in columns]
         rows.append([MODELS.get(model, model), *ours, *paper])
-    with (out / "paper_table.csv").open("w", newline="") as handle:
-        csv.writer(handle).writerows([header, *rows])
+    write_atomically(out / "paper_table.csv", csv_text([header, *rows]))
     lines = [
         "| model | " + " | ".join(f"{c} (paper)" for c in columns) + " |",
         "| --- |" + " --- |" * len(columns),
@@ -144,7 +142,7 @@ def write_table(runs: list[Run], out: Path) -> str:
         lines.append(f"| {row[0]} | " + " | ".join(cells) + " |")
     markdown = "Test error %, mean ± std over seeds (paper's error in brackets)\n\n" + "\n".join(lines) + "\n"
     markdown += "\nSchedule (from the runs' configs):\n\n" + "\n".join(schedule(runs)) + "\n"
-    (out / "paper_table.md").write_text(markdown)
+    write_atomically(out / "paper_table.md", markdown)
     return markdown
 
 

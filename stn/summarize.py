@@ -11,14 +11,13 @@ final metrics, best first, then the failed jobs with their error (from the job's
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stn.utils.runs import run_folders, saved_config, split_override
+from stn.utils.runs import csv_text, run_folders, saved_config, split_override, write_atomically
 
 METRICS = ("val/acc_best", "val/loss", "test/acc", "test/loss", "time/fit_seconds")
 
@@ -37,6 +36,13 @@ class Job:
     @property
     def finished(self) -> bool:
         return bool(self.metrics)
+
+    @property
+    def status(self) -> str:
+        """ok, diverged (the loss stopped being finite) or failed."""
+        if self.finished:
+            return "ok"
+        return "diverged" if (self.error or "").startswith("training diverged") else "failed"
 
 
 def job_error(folder: Path) -> str:
@@ -84,7 +90,7 @@ def _fmt(value: float | None) -> str:
 def table_rows(jobs: list[Job], keys: list[str], metrics: list[str]) -> list[list[str]]:
     rows = []
     for job in jobs:
-        cells = [job.name, "ok" if job.finished else "failed"]
+        cells = [job.name, job.status]
         cells += [job.overrides.get(k, "") for k in keys]
         cells += [_fmt(job.metrics.get(m)) for m in metrics]
         cells.append(job.error or "")
@@ -96,15 +102,12 @@ def write_tables(jobs: list[Job], keys: list[str], metrics: list[str], out: Path
     header = ["job", "status", *keys, *metrics, "error"]
     rows = table_rows(jobs, keys, metrics)
     csv_path = out / "summary.csv"
-    with csv_path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        writer.writerows(rows)
+    write_atomically(csv_path, csv_text([header, *rows]))
     md_path = out / "summary.md"
     escape = [[cell.replace("|", "\\|") for cell in row] for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in escape]
-    md_path.write_text("\n".join(lines) + "\n")
+    write_atomically(md_path, "\n".join(lines) + "\n")
     return md_path, csv_path
 
 

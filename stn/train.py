@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from pathlib import Path
 
@@ -22,6 +23,8 @@ from stn.utils.checks import check_config
 from stn.utils.instantiators import build, instantiate_group
 from stn.utils.parallel import apply_job_share
 from stn.utils.resume import apply_resume_point
+from stn.utils.runs import write_atomically
+from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,11 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
-    log.info("Instantiating data <%s>, model <%s>", cfg.data._target_, cfg.model._target_)
+    choices = dict(hydra_cfg.runtime.choices) if hydra_cfg else {}
+    shown = ", ".join(
+        f"{group}={choices[group]}" for group in ("data", "model", "experiment") if choices.get(group)
+    )
+    log.info("Run folder: %s%s", cfg.paths.output_dir, f" ({shown})" if shown else "")
     datamodule = build(cfg, "data")
     model = build(cfg, "model")
     log.info("Parameters: %s", parameter_counts(model.net))
@@ -74,7 +81,7 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
     if trainer.is_global_zero:  # DDP: the other ranks hold the same synced metrics
         output_dir = Path(cfg.paths.output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         log.info("Final metrics:\n%s", json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
 
@@ -87,4 +94,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    check_single_run_keys(Path(__file__).resolve().parents[1] / "conf", "train.yaml", sys.argv[1:])
     main()

@@ -25,6 +25,20 @@ class MNISTDataError(UserError):
     """MNIST is missing or corrupt where it was expected."""
 
 
+# the unpacked files' sizes: a 16-byte (images) or 8-byte (labels) header, then one byte per pixel
+# or label
+UNPACKED_SIZES = {
+    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60_000,
+    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10_000,
+}
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
 
@@ -98,6 +112,11 @@ class MNISTDataModule(L.LightningDataModule):
                 problems.append(f"{filename} is missing")
             elif (found := _md5(path)) != md5:
                 problems.append(f"{filename} is corrupt (md5 {found}, expected {md5})")
+        if not problems and cause is not None:  # the archives are all there and sound: unpacking failed
+            return (
+                f"MNIST's files are in {self.raw_dir} but could not be unpacked there ({_one_line(cause)}); "
+                "make the folder writable, or unpack them there yourself (gunzip -k *.gz)"
+            )
         detail = "; ".join(problems) or "the files could not be read"
         message = (
             f"MNIST not found in {self.raw_dir}: {detail}. Expected the four official files "
@@ -105,10 +124,30 @@ class MNISTDataModule(L.LightningDataModule):
             "STN_DATA_DIR to the folder that holds MNIST/raw/)."
         )
         if cause is not None:
-            message += f" Download was not possible: {str(cause).splitlines()[0]}"
+            message += f" Download was not possible: {_one_line(cause)}"
         return message
 
+    def _check_unpacked(self) -> None:
+        """The unpacked files torchvision reads have their official sizes (a truncated copy would
+        otherwise fail as a tensor shape error, naming no file)."""
+        for filename, size in UNPACKED_SIZES.items():
+            path = self.raw_dir / filename
+            if path.is_file() and path.stat().st_size != size:
+                raise MNISTDataError(
+                    self._corrupt_message(path, f"{path.stat().st_size} bytes, expected {size}")
+                )
+
+    def _corrupt_message(self, path: Path, detail: str) -> str:
+        archive = path.with_name(path.name + ".gz")
+        fix = (
+            f"the next run re-checks {archive.name} and unpacks it again"
+            if archive.is_file()
+            else f"then put the official {archive.name} in {self.raw_dir}"
+        )
+        return f"{path} is corrupt ({detail}): delete it; {fix}"
+
     def prepare_data(self) -> None:
+        self._check_unpacked()
         if not self.hparams.download:
             return
         for train in (True, False):
@@ -118,11 +157,17 @@ class MNISTDataModule(L.LightningDataModule):
                 raise MNISTDataError(self._missing_message(error)) from error
 
     def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_unpacked()
         try:
             dataset = MNIST(self.data_dir, train=train, download=False)
         except (RuntimeError, OSError, EOFError) as error:
             raise MNISTDataError(self._missing_message()) from error
-        return dataset.data.unsqueeze(1), dataset.targets  # (N, 1, 28, 28) uint8, (N,) int64
+        labels = dataset.targets
+        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) <= 9:
+            labels_file = self.raw_dir / ("train-labels-idx1-ubyte" if train else "t10k-labels-idx1-ubyte")
+            found = f"labels {int(labels.min())}..{int(labels.max())}, expected 0..9"
+            raise MNISTDataError(self._corrupt_message(labels_file, found))
+        return dataset.data.unsqueeze(1), labels  # (N, 1, 28, 28) uint8, (N,) int64
 
     def _images(self, images: torch.Tensor, labels: torch.Tensor) -> InMemoryImages:
         return InMemoryImages(images, labels, self.hparams.mean, self.hparams.std)

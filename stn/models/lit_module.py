@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from stn.errors import check_argument, is_number
+from stn.errors import TrainingDiverged, check_argument, is_number
 from stn.models.acceleration import (
     COMPILE_MODES,
     CUDA_GRAPH_MODES,
@@ -168,6 +168,12 @@ class STNLitModule(L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
+        loss = self.train_loss.compute()
+        if not torch.isfinite(loss):  # one host read per epoch
+            raise TrainingDiverged(
+                f"training diverged: the training loss is {loss.item()} in epoch {self.current_epoch}; "
+                "the usual cause is a learning rate too high (model.optimizer.lr)"
+            )
         self._log_epoch("train", self.train_loss, self.train_acc)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:

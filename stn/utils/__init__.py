@@ -1,0 +1,28 @@
+"""What the entry points share. Importing this package sets up what the configs read: the project
+root (`${oc.env:STN_ROOT}`, the folder that holds stn/ and conf/ wherever the command runs from;
+set STN_ROOT to put runs elsewhere) and the `new_dir` resolver that gives every run its own folder."""
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from stn.utils.runs import new_run_dir
+
+os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[2]))
+# cached in the config, so every job of a sweep (and a requeued job) resolves the same folder
+OmegaConf.register_new_resolver("new_dir", new_run_dir, use_cache=True, replace=True)
+
+
+class _NoAdvertising(logging.Filter):
+    """Lightning's tips for its cloud products, printed at every start: not what a run has to say."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("💡 Tip")
+
+
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertising())
+# a deprecation inside Lightning itself (its pytree helper), nothing the user can act on
+warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

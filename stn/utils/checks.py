@@ -18,9 +18,10 @@ def _select(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None)
 
 
-def _require(cfg: DictConfig, key: str, ok, allowed: str) -> None:
+def _require(cfg: DictConfig, key: str, ok, allowed: str, required: bool = False) -> None:
+    """ConfigError naming `key` unless its value is `ok`; an absent or null value passes unless `required`."""
     value = _select(cfg, key)
-    if value is None:
+    if value is None and not (required and OmegaConf.select(cfg, key.rpartition(".")[0] or key) is not None):
         return
     try:
         accepted = ok(value)
@@ -96,10 +97,11 @@ def check_precision(cfg: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value the run cannot use."""
     check_image_sizes(cfg)
-    _require(cfg, "model.optimizer.lr", lambda v: is_number(v) and v > 0, "> 0")
+    _require(cfg, "model.optimizer.lr", lambda v: is_number(v) and v > 0, "> 0", required=True)
     _require(cfg, "model.optimizer.weight_decay", lambda v: is_number(v) and v >= 0, ">= 0")
     _require(cfg, "model.optimizer.momentum", lambda v: is_number(v) and 0 <= v < 1, "[0, 1)")
     _require(cfg, "num_threads", lambda v: is_int(v) and v >= 1, "integers >= 1 or null")
+    _require(cfg, "seed", lambda v: is_int(v) and 0 <= v < 2**32, f"integers 0..{2**32 - 1} or null")
     _require(cfg, "trainer.max_epochs", lambda v: is_int(v) and v >= 1, "integers >= 1")
     if _select(cfg, "data.fast_path"):
         _require(cfg, "data.num_workers", lambda v: v == 0, "0 with data.fast_path=true (no DataLoader)")

@@ -1,27 +1,55 @@
 """Which checkpoint a run resumes from, and in which folder it goes on.
 
-- `ckpt_path=<file>`: that checkpoint; this run's folder.
+- `ckpt_path=<file>`: that checkpoint; this run's folder (a new run that starts from it).
 - `ckpt_path=last`: this run's own `checkpoints/last.ckpt` if it has one, else the newest
   earlier run of the same command (the same overrides, ckpt_path aside) under `paths.log_dir`
-  that has one. The run goes on in *that* folder, so its checkpoints, TensorBoard events and
+  that has one. The run goes on in *that* folder, so its checkpoints, TensorBoard events, log and
   metrics stay together and ModelCheckpoint keeps tracking the best ones it already saved.
 - `ckpt_path=null`: a folder that already holds `checkpoints/last.ckpt` (a SLURM job requeued
   after pre-emption, a run started again with the same `hydra.run.dir`) resumes from it.
+
+A folder's run is continued only if it is the same run: its config (kept in `run_config/`, a copy
+of its first `.hydra/`, since Hydra rewrites `.hydra/` at every start) matches this
+command's, it has not finished, and its last checkpoint can be read. Otherwise one sentence says
+why and what to do, and the folder's record is left as it was.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError
-from stn.utils.runs import LAST_CHECKPOINT, run_folders, split_override
+from stn.utils.runs import (
+    LAST_CHECKPOINT,
+    RUN_CONFIG,
+    check_writable,
+    record_run_config,
+    restore_run_config,
+    run_folders,
+    saved_config,
+    split_override,
+)
 
 log = logging.getLogger(__name__)
 
 LAST = "last"
+# keys that may differ between a run and its continuation: where it runs and the command line that
+# started it (the HParams tab's copy of it), not what it trains
+MAY_DIFFER = (
+    "ckpt_path",
+    "paths.",
+    "data.data_dir",
+    "num_threads",
+    "trainer.devices",
+    "hydra.",
+    "callbacks.hparams.overrides",
+)
 
 
 def _without_ckpt_path(overrides: list[str]) -> list[str]:
@@ -68,10 +96,99 @@ def resume_point(
     return ckpt_path, output_dir
 
 
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        flat: dict[str, Any] = {}
+        for key, value in tree.items():
+            flat |= _flat(value, f"{prefix}{key}.")
+        return flat
+    return {prefix.rstrip("."): tree}
+
+
+def config_differences(saved: DictConfig, current: DictConfig) -> list[str]:
+    """The keys whose values differ between two resolved configs, where the run is aside."""
+    old = _flat(OmegaConf.to_container(saved, resolve=True))
+    new = _flat(OmegaConf.to_container(current, resolve=True))
+    keys = sorted(set(old) | set(new))
+    return [key for key in keys if not key.startswith(MAY_DIFFER) and old.get(key) != new.get(key)]
+
+
+def _check_same_run(folder: Path, cfg: DictConfig, restore: bool) -> None:
+    """The folder's run is this command's run, unfinished: else ConfigError saying what to do (and,
+    with `restore`, Hydra's record of the folder's run put back in `.hydra/`)."""
+    record = folder / RUN_CONFIG
+    if (record / "config.yaml").is_file():
+        # where the run writes may differ: compare what it trains, with this run's paths in both
+        paths = OmegaConf.to_container(cfg.paths, resolve=True)
+        saved = saved_config(record.parent, record.name, paths=paths)
+        differences = config_differences(saved, cfg)
+        if differences:
+            shown = ", ".join(
+                f"{key} ({OmegaConf.select(saved, key, default=None)!r} -> "
+                f"{OmegaConf.select(cfg, key, default=None)!r})"
+                for key in differences[:5]
+            )
+            more = f" and {len(differences) - 5} more" if len(differences) > 5 else ""
+            if restore:  # Hydra rewrote .hydra/ for this start in that folder
+                restore_run_config(folder)
+            raise ConfigError(
+                f"{folder} holds another run: its config differs in {shown}{more}. Give this run "
+                "its own folder (leave hydra.run.dir unset), or repeat that run's command to resume it"
+            )
+    if (folder / "metrics.json").is_file():
+        if restore:
+            restore_run_config(folder)
+        raise ConfigError(
+            f"{folder} holds a finished run (metrics.json); resuming would overwrite its record. Start a "
+            "new run (without ckpt_path), or start one from it with ckpt_path=<its checkpoint>"
+        )
+
+
+def _check_readable(checkpoint: Path) -> None:
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise ValueError("not a Lightning checkpoint")
+    except Exception as error:
+        earlier = sorted(checkpoint.parent.glob("epoch_*.ckpt"))
+        way_on = f"ckpt_path={earlier[-1]} (the best epoch)" if earlier else "a new run folder"
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise ConfigError(
+            f"{checkpoint} cannot be read ({reason}), so the run cannot resume from it. Go on from "
+            f"{way_on}, or delete {checkpoint.name} to start this folder's run afresh"
+        ) from None
+
+
+def _move_log(stub: Path, folder: Path) -> None:
+    """Log into `folder`'s own log from now on, and remove `stub`, the folder Hydra made for this
+    start, which holds nothing else: a resumed run is one folder, not one per start, and a refused
+    start leaves nothing behind."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        filename = getattr(handler, "baseFilename", None)
+        if filename and Path(filename).parent == stub:
+            root.removeHandler(handler)
+            handler.close()
+            moved = logging.FileHandler(folder / Path(filename).name, mode="a")
+            moved.setFormatter(handler.formatter)
+            moved.setLevel(handler.level)
+            root.addHandler(moved)
+    if all(p.name == ".hydra" or p.suffix == ".log" for p in stub.iterdir()):
+        shutil.rmtree(stub)
+
+
 def apply_resume_point(cfg: DictConfig, overrides: list[str]) -> str | None:
-    """Resolve `cfg.ckpt_path`; point `paths.output_dir` at the folder the run goes on in."""
+    """Resolve `cfg.ckpt_path`; point `paths.output_dir` at the folder the run goes on in; check
+    that it is the same run and that its checkpoint can be read."""
     output_dir = Path(cfg.paths.output_dir)
     checkpoint, folder = resume_point(cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir), overrides)
+    check_writable(folder / LAST_CHECKPOINT.parent)
+    if checkpoint is None or Path(checkpoint).parent != folder / LAST_CHECKPOINT.parent:
+        record_run_config(output_dir)  # a fresh run, or a new run that starts from a given checkpoint
+        return checkpoint
     if folder != output_dir:
         cfg.paths.output_dir = str(folder)
+        _move_log(output_dir, folder)
+    _check_same_run(folder, cfg, restore=folder == output_dir)
+    _check_readable(Path(checkpoint))
     return checkpoint

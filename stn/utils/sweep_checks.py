@@ -1,13 +1,16 @@
-"""Checks on a sweep, before any of its jobs start: every swept key exists (else the nearest valid
-ones are named) and every search space is non-empty. Hydra would otherwise fail each job on its
-own, or hand Optuna an interval it cannot sample, after the sweep has begun."""
+"""Checks on a command line before anything runs. A sweep, before any of its jobs start: every swept
+key exists (else the nearest valid ones are named) and every search space is non-empty; Hydra
+would otherwise fail each job on its own, or hand Optuna an interval it cannot sample, after the
+sweep has begun. A single run: a misspelled key gets the same "did you mean"."""
 
 from __future__ import annotations
 
 import difflib
 import logging
+from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.experimental.callback import Callback
@@ -111,3 +114,36 @@ class SweepChecks(Callback):
         except ConfigError as error:
             # a sentence, not a traceback from inside Hydra
             raise SystemExit(f"error: {error}") from None
+
+
+def check_single_run_keys(config_dir: Path, config_name: str, args: list[str]) -> None:
+    """Exit with one sentence naming the nearest valid keys if a single run's command line sets a
+    key the config does not have (Hydra's own error names none). Sweeps are checked by SweepChecks;
+    anything else Hydra reports itself."""
+    if any(arg.startswith("-") for arg in args):  # --multirun, --cfg, --help, ...: Hydra's business
+        return
+    try:
+        overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a])
+    except Exception:  # a syntax error: Hydra says where
+        return
+    task = [o for o in overrides if not o.key_or_group.startswith("hydra")]
+    if any(o.is_sweep_override() for o in task):  # a sweep (hparams_search sets multirun itself)
+        return
+    with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
+        try:
+            compose(config_name, overrides=[o.input_line for o in task], return_hydra_config=True)
+            return
+        except Exception:
+            pass
+        try:  # the groups alone, to learn the keys this command's config has
+            groups = [o.input_line for o in task if "." not in o.key_or_group]
+            cfg = compose(config_name, overrides=groups, return_hydra_config=True)
+        except Exception:
+            return
+    for override in task:
+        try:
+            check_key_exists(override, cfg)
+        except ConfigError as error:
+            raise SystemExit(
+                f"error: {str(error).replace('the sweep sets', 'the command line sets')}"
+            ) from None
