@@ -99,21 +99,14 @@ class STNLitModule(L.LightningModule):
         self.test_loss = MeanMetric(nan_strategy="disable")
         self.val_acc_best = MaxMetric()
 
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets `_current_fx_name` twice around every hook call, ~50 times a training step;
-        # a plain string needs none of nn.Module.__setattr__'s parameter/buffer/module bookkeeping,
-        # which costs ~3% of a CPU step at batch 64 (profiled)
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
-
     def configure_model(self) -> None:
         if self.hparams.compile and not self._compiled:
             device = self.trainer.strategy.root_device if self._trainer is not None else self.device
-            # in place (nn.Module.compile), so the state_dict keys and checkpoints do not change
+            # in place (nn.Module.compile), so the state_dict keys and checkpoints do not change.
+            # dynamic=False: a new batch size (an epoch's last, partial batch; validation) compiles
+            # one more static graph; a dynamic batch dimension fails in affine_grid's backward
             mode = compile_mode_for(self.hparams.compile_mode, device)
-            self.net.compile(mode=mode)
+            self.net.compile(mode=mode, dynamic=False)
             self._compiled = True
             self._cuda_graphs = mode in CUDA_GRAPH_MODES
 
