@@ -140,6 +140,23 @@ def test_spline_with_every_control_point_shifted_is_a_translation():
     assert torch.allclose(grid, identity + shift, atol=1e-4)
 
 
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: SpatialTransformer(LocalizationNet(), output_size=0), "output_size=0 is out of range"),
+        (lambda: ProjectiveTransformer(LocalizationNet(), perspective_scale=0), "perspective_scale=0 is out"),
+        (
+            lambda: ThinPlateSplineTransformer(LocalizationNet(), points_per_side=1),
+            "points_per_side=1 is out",
+        ),
+        (lambda: ConvClassifier(image_size=12), "image_size=12 is out of range: allowed integers >= 16"),
+    ],
+)
+def test_model_arguments_are_checked_where_they_enter(make, message: str):
+    with pytest.raises(ValueError, match=f"^{message}"):
+        make()
+
+
 def test_grid_transformers_reject_align_corners():
     with pytest.raises(ValueError, match=r"align_corners=True is out of range: allowed false \(its grids"):
         ProjectiveTransformer(LocalizationNet(), align_corners=True)

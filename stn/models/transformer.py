@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stn.errors import check_argument, is_int
+from stn.errors import check_argument, is_int, is_number
 from stn.geometry import control_grid, homography_grid, tps_grid, tps_system
 from stn.models.layers import identity_head
 
@@ -100,7 +100,9 @@ class ProjectiveTransformer(_NormalisedGridTransformer):
     """
 
     def __init__(self, localization: nn.Module, perspective_scale: float = 0.1, **kwargs) -> None:
-        self.perspective_scale = perspective_scale
+        self.perspective_scale = check_argument(
+            type(self), "perspective_scale", perspective_scale, lambda v: is_number(v) and v > 0, "> 0"
+        )
         super().__init__(localization, **kwargs)
 
     def identity(self) -> torch.Tensor:
@@ -120,7 +122,10 @@ class ThinPlateSplineTransformer(_NormalisedGridTransformer):
     where each control point samples the input, (N, K, 2), starting at the points themselves."""
 
     def __init__(self, localization: nn.Module, points_per_side: int = 4, **kwargs) -> None:
-        self.points_per_side = points_per_side  # identity() needs it while the base class builds
+        # identity() needs it while the base class builds
+        self.points_per_side = check_argument(
+            type(self), "points_per_side", points_per_side, lambda v: is_int(v) and v >= 2, "integers >= 2"
+        )
         super().__init__(localization, **kwargs)
         control = control_grid(points_per_side)  # (K, 2)
         self.register_buffer("control", control, persistent=False)
