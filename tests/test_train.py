@@ -28,6 +28,7 @@ def test_train_subprocess_ends_with_checkpoint_metrics_and_events(tmp_path: Path
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["test/acc"] > 0.3  # 2 small epochs of real MNIST already beat chance by far
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert "val/acc" in (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0]  # a CSV beside it
     assert (run_dir / ".hydra" / "config.yaml").is_file()
 
     # resume from the last checkpoint for one more epoch, then test the checkpoint with stn.eval
@@ -84,13 +85,19 @@ def test_multirun_makes_one_folder_per_job_and_survives_a_failing_job(tmp_path: 
     assert not (sweep_dir / "2" / "metrics.json").exists()
 
 
-@pytest.mark.parametrize("debug", ["fdr", "limit"])
+@pytest.mark.parametrize("debug", ["fdr", "limit", "overfit", "profiler"])
 def test_debug_configs_run(debug: str, tmp_path: Path, mnist_dir: Path):
     run_dir = tmp_path / debug
     run(
-        "stn.train", f"debug={debug}", "data.train_subset=640", f"hydra.run.dir={run_dir}", data_dir=mnist_dir
-    )
-    assert "test/acc" in json.loads((run_dir / "metrics.json").read_text())
+        "stn.train", f"debug={debug}", "data.train_subset=640", "data.test_subset=256",
+        f"hydra.run.dir={run_dir}", data_dir=mnist_dir,
+    )  # fmt: skip
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "test/acc" in metrics
+    if debug == "overfit":  # 3 batches, 100 epochs: far above chance (10%) if the model learns at all
+        assert metrics["train/acc"] > 0.5
+    if debug == "profiler":
+        assert "run_training_epoch" in (run_dir / "fit-profile.txt").read_text()
 
 
 def test_distorted_variant_trains_end_to_end(tmp_path: Path, mnist_dir: Path):

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import yaml
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 
@@ -62,7 +63,10 @@ class HParamsLogger(L.Callback):
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for logger in trainer.loggers:
-            logger.log_hyperparams(self.hparams, metrics={f"hp/{name}": 0.0 for name in self.metrics})
+            if isinstance(logger, TensorBoardLogger):  # the tab needs its metric columns up front
+                logger.log_hyperparams(self.hparams, metrics={f"hp/{name}": 0.0 for name in self.metrics})
+            else:
+                logger.log_hyperparams(self.hparams)
 
     def _log_final(self, trainer: L.Trainer) -> None:
         final = {
