@@ -36,7 +36,7 @@ class ArgumentError(ConfigError):
     """One argument outside what its owner accepts, raised where the value enters.
 
     `owner` is the class whose argument it is; `key` starts as the argument's name and becomes the
-    full config key once `user_errors_reported` finds the config node that built `owner`."""
+    full config key once `stn.utils.instantiators.build` finds the config node that built `owner`."""
 
     def __init__(self, owner: type, name: str, value: Any, allowed: str, why: str = "") -> None:
         self.owner, self.name, self.value, self.allowed, self.why = owner, name, value, allowed, why
@@ -57,15 +57,19 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def accepts(ok: Callable[[Any], bool], value: Any) -> bool:
+    """`ok(value)`, where a value of the wrong type (`ok` raises TypeError or ValueError) is refused."""
+    try:
+        return bool(ok(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def check_argument(
     owner: type, name: str, value: Any, ok: Callable[[Any], bool], allowed: str, why: str = ""
 ) -> Any:
     """`value` if `ok(value)`, else ArgumentError; a value of the wrong type is out of range too."""
-    try:
-        accepted = ok(value)
-    except (TypeError, ValueError):
-        accepted = False
-    if not accepted:
+    if not accepts(ok, value):
         raise ArgumentError(owner, name, value, allowed, why)
     return value
 

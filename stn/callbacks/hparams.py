@@ -10,16 +10,7 @@ import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"model": {"optimizer": {"lr": 0.01}}} -> {"model.optimizer.lr": 0.01}; None values dropped."""
-    flat: dict[str, Any] = {}
-    for name, value in tree.items():
-        if isinstance(value, Mapping):
-            flat |= flatten(value, f"{prefix}{name}.")
-        elif value is not None:
-            flat[f"{prefix}{name}"] = value
-    return flat
+from stn.utils.runs import flatten, split_override
 
 
 def override_values(overrides: Sequence[str], groups: Sequence[str]) -> dict[str, Any]:
@@ -27,9 +18,8 @@ def override_values(overrides: Sequence[str], groups: Sequence[str]) -> dict[str
     keys and config group choices (`model=cnn`), which the choices show."""
     values = {}
     for override in overrides:
-        key, equals, value = str(override).partition("=")
-        key = key.lstrip("+~")
-        if not equals or key.startswith("hydra") or key in groups or "/" in key:
+        key, value = split_override(override)
+        if not key or key.startswith("hydra") or key in groups or "/" in key:
             continue
         try:
             values[key] = yaml.safe_load(value)
@@ -57,7 +47,8 @@ class HParamsLogger(L.Callback):
     ) -> None:
         choices = dict(choices or {})
         shown = {group: choices[group] for group in groups if choices.get(group) is not None}
-        self.hparams = shown | flatten(hparams or {}) | override_values(overrides, list(choices))
+        usual = {key: value for key, value in flatten(hparams or {}).items() if value is not None}
+        self.hparams = shown | usual | override_values(overrides, list(choices))
         self.metrics = list(metrics)
 
     @rank_zero_only

@@ -174,10 +174,10 @@ class Cluttered(Distortion):
     name = "cluttered"
 
     def __init__(self, canvas_size: int = 60, clutter_pieces: int = 6, piece_size: int = 6) -> None:
-        self.canvas_size = _canvas(type(self), canvas_size)
         owner = type(self)
+        self.canvas_size = _canvas(owner, canvas_size)
         self.piece_size = check_argument(
-            owner, "piece_size", piece_size, lambda v: is_int(v) and 1 <= v <= 28, "1..28"
+            owner, "piece_size", piece_size, lambda v: is_int(v) and 1 <= v <= MNIST_SIZE, f"1..{MNIST_SIZE}"
         )
         self.clutter_pieces = check_argument(
             owner, "clutter_pieces", clutter_pieces, lambda v: is_int(v) and v >= 0, ">= 0"

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from stn.errors import ConfigError, is_int, is_number
+from stn.errors import ConfigError, accepts, is_int, is_number
 
 
 def _select(cfg: DictConfig, key: str) -> Any:
@@ -21,13 +21,10 @@ def _select(cfg: DictConfig, key: str) -> Any:
 def _require(cfg: DictConfig, key: str, ok, allowed: str, required: bool = False) -> None:
     """ConfigError naming `key` unless its value is `ok`; an absent or null value passes unless `required`."""
     value = _select(cfg, key)
-    if value is None and not (required and OmegaConf.select(cfg, key.rpartition(".")[0] or key) is not None):
-        return
-    try:
-        accepted = ok(value)
-    except (TypeError, ValueError):  # a value of the wrong type is out of range too
-        accepted = False
-    if not accepted:
+    parent = key.rpartition(".")[0]
+    if value is None and not (required and _select(cfg, parent) is not None):
+        return  # unset, or its whole section is (model.optimizer for a config without one)
+    if not accepts(ok, value):
         raise ConfigError(f"{key}={value} is out of range: allowed {allowed}")
 
 

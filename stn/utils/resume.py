@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -29,6 +28,7 @@ from stn.utils.runs import (
     LAST_CHECKPOINT,
     RUN_CONFIG,
     check_writable,
+    flatten,
     record_run_config,
     restore_run_config,
     run_folders,
@@ -96,19 +96,10 @@ def resume_point(
     return ckpt_path, output_dir
 
 
-def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        flat: dict[str, Any] = {}
-        for key, value in tree.items():
-            flat |= _flat(value, f"{prefix}{key}.")
-        return flat
-    return {prefix.rstrip("."): tree}
-
-
 def config_differences(saved: DictConfig, current: DictConfig) -> list[str]:
     """The keys whose values differ between two resolved configs, where the run is aside."""
-    old = _flat(OmegaConf.to_container(saved, resolve=True))
-    new = _flat(OmegaConf.to_container(current, resolve=True))
+    old = flatten(OmegaConf.to_container(saved, resolve=True))
+    new = flatten(OmegaConf.to_container(current, resolve=True))
     keys = sorted(set(old) | set(new))
     return [key for key in keys if not key.startswith(MAY_DIFFER) and old.get(key) != new.get(key)]
 

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -33,6 +34,17 @@ def split_override(override: str) -> tuple[str, str]:
 
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 RUN_CONFIG = Path("run_config")  # the copy of the run's first .hydra/ record
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (a config as a container) as {dotted key: leaf}:
+    {"model": {"optimizer": {"lr": 0.01}}} -> {"model.optimizer.lr": 0.01}."""
+    if not isinstance(tree, Mapping):
+        return {prefix.rstrip("."): tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat |= flatten(value, f"{prefix}{key}.")
+    return flat
 
 
 def new_run_dir(path: str) -> str:
