@@ -15,11 +15,13 @@ affects all of them alike; the headline is the ratios c/a and c/b.
 
     python -m benchmarks.throughput [--steps 300] [--warmup 30] [--repeats 3] [--device cpu|cuda]
     python -m benchmarks.throughput --variants no-channels-last dataloader compile
+    python -m benchmarks.throughput --variants cuda-graph cuda-graph-x16   # the graphed step
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 import time
@@ -51,6 +53,8 @@ OPTION_OVERRIDES = {
     "dataloader": ["data.fast_path=false"],
     "compile": ["model.compile=true"],
     "compile-cuda-graphs": ["model.compile=true", "model.compile_mode=reduce-overhead"],
+    "cuda-graph": ["model.cuda_graph=true"],
+    "cuda-graph-x16": ["model.cuda_graph=true", "data.batches_per_call=16"],
     "bf16": ["trainer.precision=bf16-mixed"],
 }
 
@@ -136,18 +140,22 @@ def in_memory_loop(
 
 
 class StepTimer(L.Callback):
-    """Times training batches warmup .. warmup + steps (synchronising the device at both ends)."""
+    """Times training calls warmup .. warmup + steps (synchronising the device at both ends); a
+    call is one batch, or a list of them (data.batches_per_call)."""
 
     def __init__(self, steps: int, warmup: int) -> None:
         self.steps, self.warmup = steps, warmup
         self.start = self.end = 0.0
-        self.batch_size = 0
+        self.images = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.warmup:
             synchronize(pl_module.device)
             self.start = time.perf_counter()
-            self.batch_size = len(batch[1])
+        if self.warmup <= batch_idx < self.warmup + self.steps:
+            self.images += (
+                sum(len(labels) for _, labels in batch) if isinstance(batch, list) else len(batch[1])
+            )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if batch_idx == self.warmup + self.steps - 1:
@@ -156,7 +164,7 @@ class StepTimer(L.Callback):
 
     @property
     def images_per_second(self) -> float:
-        return self.steps * self.batch_size / (self.end - self.start)
+        return self.images / (self.end - self.start)
 
 
 def compose_train_config(overrides: list[str], data_dir: Path, output_dir: str) -> DictConfig:
@@ -170,9 +178,12 @@ def compose_train_config(overrides: list[str], data_dir: Path, output_dir: str) 
 
 
 def project_path(data_dir: Path, steps: int, warmup: int, overrides: list[str]) -> StepTimer:
-    """(c): `python -m stn.train <overrides>` for warmup + steps batches of one epoch, no validation."""
+    """(c): `python -m stn.train <overrides>` for warmup + steps batches of one epoch, no validation
+    (with data.batches_per_call K, as many batches in 1/K as many calls)."""
     with tempfile.TemporaryDirectory() as output_dir:
         cfg = compose_train_config(overrides, data_dir, output_dir)
+        per_call = cfg.data.get("batches_per_call", 1)
+        steps, warmup = math.ceil(steps / per_call), math.ceil(warmup / per_call)
         with open_dict(cfg):
             cfg.trainer.max_epochs = 1
             cfg.trainer.limit_train_batches = warmup + steps

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -17,6 +18,10 @@ from torchvision.datasets import MNIST
 
 from stn.utils.checks import check_config
 from stn.utils.instantiators import build
+
+# the template's RunIf: tests of the CUDA path run where there is a GPU and are skipped elsewhere;
+# every other test pins trainer.accelerator=cpu, so the suite means the same on both machines
+requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = ROOT / "conf"

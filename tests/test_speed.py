@@ -8,14 +8,16 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LambdaCallback, ModelCheckpoint
 from omegaconf import DictConfig, open_dict
 
 from stn.errors import ConfigError
 from stn.models.acceleration import compile_mode_for
+from stn.models.graphed_step import StaticShapeStep
 from stn.utils.checks import cpu_has_native_bf16
 from stn.utils.instantiators import instantiate_group
 
-from .conftest import check_and_build, compose_config, evaluate, run_rejected
+from .conftest import check_and_build, compose_config, evaluate, run_rejected, small_run
 from .test_train import SMALL, run
 
 # every way Python code reads a tensor's value on the host; on a GPU each one waits for the device
@@ -159,3 +161,131 @@ def test_compiled_run_trains_and_its_checkpoint_loads_without_compile(
     assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] > 0.3
     last = run_dir / "checkpoints" / "last.ckpt"
     assert "test/acc" in evaluate(last, "model.compile=false", run_dir=tmp_path / "eval", data_dir=mnist_dir)
+
+
+# -- the graphed training step (model.cuda_graph): on a CPU the same padded arithmetic, eagerly --
+
+
+class LearningRateAtValidation(L.Callback):
+    """The learning rate each validation (and so each checkpoint) sees."""
+
+    def __init__(self) -> None:
+        self.rates: list[float] = []
+
+    def on_validation_end(self, trainer, pl_module):
+        self.rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+
+def _fit(
+    tmp_path: Path, mnist_dir: Path, *overrides: str, stop_after: int = 2, ckpt_path: Path | None = None
+) -> tuple[L.LightningModule, L.Trainer, list[float]]:
+    """Two epochs of 640 training images (10 batches an epoch) from seed 0, on the CPU, stopped
+    after `stop_after`; the last checkpoint is `tmp_path`/last.ckpt."""
+    cfg = small_run(compose_config("train.yaml", list(overrides)), tmp_path, mnist_dir)
+    with open_dict(cfg):
+        cfg.data.train_subset = 640
+        cfg.trainer.max_epochs = 2
+        cfg.trainer.limit_val_batches = 1
+    L.seed_everything(0)
+    rates = LearningRateAtValidation()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, filename="last", save_top_k=1, monitor=None)
+    stop = LambdaCallback(
+        on_train_epoch_end=lambda trainer, _: setattr(
+            trainer, "should_stop", trainer.current_epoch + 1 >= stop_after
+        )
+    )
+    trainer = instantiate(
+        cfg.trainer, callbacks=[rates, checkpoint, stop], logger=False, enable_progress_bar=False
+    )
+    model = instantiate(cfg.model)
+    trainer.fit(model, datamodule=instantiate(cfg.data), ckpt_path=ckpt_path)
+    return model, trainer, rates.rates
+
+
+@pytest.mark.parametrize("overrides", [[], ["model/scheduler=onecycle", "model.scheduler_interval=step"]])
+def test_graphed_step_makes_the_same_updates_as_the_automatic_step(
+    tmp_path: Path, mnist_dir: Path, overrides: list[str]
+):
+    automatic, automatic_trainer, automatic_rates = _fit(tmp_path / "a", mnist_dir, *overrides)
+    with pytest.warns(
+        UserWarning, match="model.cuda_graph=true replays CUDA graphs, which need a CUDA device"
+    ):
+        # lists of 3 batches: 3, 3, 3 and 1 an epoch
+        graphed, graphed_trainer, graphed_rates = _fit(
+            tmp_path / "g", mnist_dir, *overrides, GRAPHED, "data.batches_per_call=3"
+        )
+    assert graphed_trainer.global_step == automatic_trainer.global_step == 20
+    assert graphed_rates == automatic_rates  # the schedule stepped at the same points
+    for name, weight in automatic.state_dict().items():
+        torch.testing.assert_close(graphed.state_dict()[name], weight, rtol=0, atol=1e-6, msg=name)
+    for key in ("train/loss", "train/acc", "val/acc"):
+        torch.testing.assert_close(
+            graphed_trainer.callback_metrics[key], automatic_trainer.callback_metrics[key]
+        )
+
+
+@pytest.mark.filterwarnings("ignore:model.cuda_graph=true replays CUDA graphs")
+def test_a_graphed_run_resumes_where_it_stopped(tmp_path: Path, mnist_dir: Path):
+    graphed = (GRAPHED, "data.batches_per_call=4", "model/scheduler=onecycle")
+    _, whole, whole_rates = _fit(tmp_path / "whole", mnist_dir, *graphed)
+    _fit(tmp_path / "first", mnist_dir, *graphed, stop_after=1)  # stopped after its first epoch
+    _, resumed, resumed_rates = _fit(
+        tmp_path / "resumed", mnist_dir, *graphed, ckpt_path=tmp_path / "first/last.ckpt"
+    )
+    assert resumed.global_step == whole.global_step == 20
+    assert resumed_rates == whole_rates[1:]  # the second epoch at the same learning rate
+
+
+def test_a_partial_batch_padded_to_the_static_shape_has_the_unpadded_gradient():
+    torch.manual_seed(0)
+    network = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))  # no dropout: deterministic
+    step = StaticShapeStep(network, network.parameters())
+    images, labels = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    step(images, labels)  # a full batch sets the static shape
+    partial_images, partial_labels = torch.randn(24, 1, 28, 28), torch.randint(0, 10, (24,))
+    loss = step(partial_images, partial_labels)
+    padded_gradients = [p.grad.clone() for p in network.parameters()]
+    network.zero_grad(set_to_none=True)
+    logits = network(partial_images)
+    expected = torch.nn.functional.cross_entropy(logits, partial_labels)
+    expected.backward()
+    torch.testing.assert_close(loss, expected.detach())
+    for padded, unpadded in zip(padded_gradients, (p.grad for p in network.parameters()), strict=True):
+        torch.testing.assert_close(padded, unpadded)
+    # the epoch's metrics count the 88 real images only
+    with torch.no_grad():
+        all_logits = network(torch.cat([images, partial_images]))
+    all_labels = torch.cat([labels, partial_labels])
+    epoch_loss, epoch_accuracy = step.epoch_metrics()
+    torch.testing.assert_close(epoch_loss, torch.nn.functional.cross_entropy(all_logits, all_labels))
+    torch.testing.assert_close(epoch_accuracy, (all_logits.argmax(1) == all_labels).float().mean())
+    assert step.epoch_metrics() is None  # a fresh start for the next epoch
+
+
+GRAPHED = "model.cuda_graph=true"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.batches_per_call=4"], "data.batches_per_call=4 needs model.cuda_graph=true"),
+        ([GRAPHED, "model.compile=true"], "allowed false when model.compile=true"),
+        (
+            [GRAPHED, "trainer.gradient_clip_val=1.0"],
+            "trainer.gradient_clip_val must be null with " + GRAPHED,
+        ),
+        ([GRAPHED, "trainer=ddp_sim"], "trainer.strategy=ddp with " + GRAPHED),
+        (
+            [GRAPHED, "data.batches_per_call=0"],
+            "data.batches_per_call=0 is out of range: allowed integers >= 1",
+        ),
+        (
+            [GRAPHED, "data.batches_per_call=2", "data.fast_path=false"],
+            "data.batches_per_call=2 is out of range: allowed 1 with fast_path=false",
+        ),
+    ],
+)
+def test_graphed_step_options_that_cannot_work_together_are_rejected(overrides: list[str], message: str):
+    with pytest.raises(ConfigError) as error:
+        _checked(*overrides)
+    assert message in str(error.value)

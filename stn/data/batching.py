@@ -115,6 +115,10 @@ class DeviceBatches:
     each batch is a view, not a copy. With a `distortion` (training on a distorted variant), every
     batch is distorted afresh, from a generator seeded by the sampler's seed and epoch.
 
+    With `batches_per_call` K > 1 (training only), each item is a list of up to K consecutive
+    batches, the same batches in the same order: a training step that takes several optimizer steps
+    per call (`model.cuda_graph`) then costs Lightning's per-batch work once per K batches.
+
     Under DDP each of `world_size` ranks holds the whole dataset and takes its own share: in
     training every rank draws the same permutation and keeps every `world_size`-th image from its
     `rank` on, the same count on every rank (the last `size % world_size` of each epoch's order are
@@ -130,15 +134,19 @@ class DeviceBatches:
         distortion: Distortion | None = None,
         rank: int = 0,
         world_size: int = 1,
+        batches_per_call: int = 1,
     ) -> None:
         if distortion is not None and sampler is None:
             raise ValueError("fresh distortions per batch need a sampler (its seed and epoch seed them)")
+        if batches_per_call > 1 and sampler is None:
+            raise ValueError("lists of batches are for training (a sampler); evaluation takes one at a time")
         self.dataset = dataset
         self.batch_size = batch_size
         self.sampler = sampler
         self.distortion = distortion
         self.batch_sampler = None  # what Lightning looks for on a DataLoader
         self.rank, self.world_size = rank, world_size
+        self.batches_per_call = batches_per_call
 
     def _block(self) -> tuple[int, int]:
         """This rank's contiguous [start, end) of an unshuffled dataset."""
@@ -151,10 +159,27 @@ class DeviceBatches:
             return end - start
         return len(self.dataset) // self.world_size
 
-    def __len__(self) -> int:
+    def batch_count(self) -> int:
+        """Batches an epoch (optimizer steps, in training); `len` counts the lists they come in."""
         return math.ceil(self._count() / self.batch_size)
 
-    def __iter__(self) -> Iterator[Batch]:
+    def __len__(self) -> int:
+        return math.ceil(self.batch_count() / self.batches_per_call)
+
+    def __iter__(self) -> Iterator[Batch | list[Batch]]:
+        if self.batches_per_call == 1:
+            yield from self._batches()
+            return
+        group: list[Batch] = []
+        for batch in self._batches():
+            group.append(batch)
+            if len(group) == self.batches_per_call:
+                yield group
+                group = []
+        if group:
+            yield group
+
+    def _batches(self) -> Iterator[Batch]:
         step = self.batch_size
         if self.sampler is None:
             start, end = self._block()

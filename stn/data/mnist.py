@@ -50,7 +50,8 @@ class MNISTDataModule(L.LightningDataModule):
     `<data_dir>/MNIST/raw/` whose md5 matches, so a copied download cache works offline.
     `train_subset` / `test_subset` take the first N of each split (for tests and smoke runs).
     `shuffle_seed` fixes the training order; None draws it from the global RNG (so `seed_everything`
-    sets it).
+    sets it). `batches_per_call` > 1 serves training batches in lists (stn/data/batching.py), for
+    the graphed training step (`model.cuda_graph`).
     """
 
     def __init__(
@@ -69,9 +70,18 @@ class MNISTDataModule(L.LightningDataModule):
         fast_path: bool = True,
         shuffle_seed: int | None = None,
         image_size: int = MNIST_SIZE,
+        batches_per_call: int = 1,
     ) -> None:
         super().__init__()
         owner = type(self)
+        check_argument(
+            owner, "batches_per_call", batches_per_call, lambda v: is_int(v) and v >= 1, "integers >= 1"
+        )
+        check_argument(
+            owner, "batches_per_call", batches_per_call, lambda v: v == 1 or fast_path,
+            "1 with fast_path=false",
+            "lists of batches are served by the fast path",
+        )  # fmt: skip
         check_argument(owner, "batch_size", batch_size, lambda v: is_int(v) and v >= 1, "integers >= 1")
         check_argument(owner, "num_workers", num_workers, lambda v: is_int(v) and v >= 0, "integers >= 0")
         check_argument(
@@ -198,14 +208,16 @@ class MNISTDataModule(L.LightningDataModule):
     def _loader(
         self, dataset: InMemoryImages | None, shuffle: bool, distortion: Distortion | None = None
     ) -> DataLoader | DeviceBatches:
+        """Training batches (`shuffle`), in lists of `batches_per_call`, or evaluation batches."""
         if dataset is None:
             raise RuntimeError("call setup() before asking for a dataloader")
         sampler = EpochShuffle(len(dataset), self.shuffle_seed) if shuffle else None
         if self.hparams.fast_path:
             rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
             return DeviceBatches(
-                dataset.to(self.device), self.hparams.batch_size, sampler, distortion, rank, world_size
-            )
+                dataset.to(self.device), self.hparams.batch_size, sampler, distortion, rank, world_size,
+                batches_per_call=self.hparams.batches_per_call if shuffle else 1,
+            )  # fmt: skip
         return DataLoader(
             dataset,
             batch_size=self.hparams.batch_size,

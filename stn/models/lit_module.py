@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from stn.models.acceleration import (
     to_channels_last,
 )
 from stn.models.classifier import STNClassifier
+from stn.models.graphed_step import StaticShapeStep
 from stn.models.transformer import SpatialTransformer
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -42,7 +44,11 @@ class STNLitModule(L.LightningModule):
     `.item()`, no input validation), epoch metrics are computed and logged once per epoch, and
     the step loss is logged only every `trainer.log_every_n_steps`.
     `channels_last` and `compile` (`compile_mode="reduce-overhead"` adds CUDA graphs) are speed
-    options; see benchmarks/ for what each is worth.
+    options; see benchmarks/ for what each is worth. `cuda_graph` replays each training step's
+    forward and backward as one CUDA graph (stn/models/graphed_step.py) and steps the optimizer
+    itself (manual optimization), so a training batch may also be a list of batches
+    (`data.batches_per_call`): several optimizer steps per Lightning call, the same updates in the
+    same order.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class STNLitModule(L.LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         compile_mode: str = "default",
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         owner = type(self)
@@ -69,6 +76,10 @@ class STNLitModule(L.LightningModule):
         check_argument(
             owner, "compile_mode", compile_mode, lambda v: v in COMPILE_MODES, " | ".join(COMPILE_MODES)
         )
+        check_argument(
+            owner, "cuda_graph", cuda_graph, lambda v: not (v and compile), "false when model.compile=true",
+            "the graphed step and torch.compile each capture the network: choose one",
+        )  # fmt: skip
         # modules and factories stay out of the checkpoint's hparams so it loads with weights_only;
         # the full config is in the run folder (.hydra/config.yaml) and the logger's hparams
         self.save_hyperparameters(
@@ -84,6 +95,9 @@ class STNLitModule(L.LightningModule):
         self._compiled = False
         self._cuda_graphs = False
         self._modes_compiled: set[bool] = set()  # `training` values whose first compiled call worked
+        # the graphed step steps the optimizer itself; built at the first training step
+        self.automatic_optimization = not cuda_graph
+        self._static_step: StaticShapeStep | None = None
 
         # validate_args=False and nan_strategy="disable": the checks read tensors on the host,
         # which would stall the GPU every step; labels come from the datamodule and a NaN loss
@@ -106,6 +120,9 @@ class STNLitModule(L.LightningModule):
             # dynamic=False: a new batch size (an epoch's last, partial batch; validation) compiles
             # one more static graph; a dynamic batch dimension fails in affine_grid's backward
             mode = compile_mode_for(self.hparams.compile_mode, device)
+            # a new model starts from empty compiler caches: code compiled for an earlier model in this
+            # process (and its CUDA graph trees) must not serve this one with the earlier weights
+            torch._dynamo.reset()
             self.net.compile(mode=mode, dynamic=False)
             self._compiled = True
             self._cuda_graphs = mode in CUDA_GRAPH_MODES
@@ -154,7 +171,13 @@ class STNLitModule(L.LightningModule):
         acc.reset()
         return epoch_loss
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self,
+        batch: tuple[torch.Tensor, torch.Tensor] | list[tuple[torch.Tensor, torch.Tensor]],
+        batch_idx: int,
+    ) -> torch.Tensor:
+        if not self.automatic_optimization:
+            return self._graphed_training_step(batch if isinstance(batch, list) else [batch], batch_idx)
         loss = self._step(batch, self.train_loss, self.train_acc)
         # only on the steps Lightning writes its logs (its own test, `trainer.log_every_n_steps`): the
         # write reads the value on the host, and each `self.log` call costs ~1 ms of Python
@@ -163,13 +186,58 @@ class STNLitModule(L.LightningModule):
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False)
         return loss
 
+    def _graphed_training_step(
+        self, batches: list[tuple[torch.Tensor, torch.Tensor]], batch_idx: int
+    ) -> torch.Tensor:
+        """One optimizer step per batch, each batch's forward and backward a graph replay."""
+        if self._static_step is None:
+            if self.device.type != "cuda":
+                warnings.warn(
+                    f"model.cuda_graph=true replays CUDA graphs, which need a CUDA device; the model runs "
+                    f"on {self.device.type}, so each step runs eagerly (the same arithmetic)",
+                    stacklevel=2,
+                )
+            self._static_step = StaticShapeStep(self, self.net.parameters())
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        every_step = scheduler is not None and self.hparams.scheduler_interval == "step"
+        for images, labels in batches:
+            loss = self._static_step(images, labels)
+            optimizer.step()
+            if every_step:
+                scheduler.step()
+        # where Lightning steps an epoch schedule: after the epoch's last batch, before the
+        # validation and the checkpoint, so a resumed run goes on at the same learning rate
+        if scheduler is not None and not every_step and batch_idx + 1 == self.trainer.num_training_batches:
+            scheduler.step()
+        # as the automatic step: the loss of the step Lightning writes its logs after
+        if self.trainer._logger_connector.should_update_logs:
+            self.log("train/loss_step", loss.clone(), on_step=True, on_epoch=False)
+        return loss
+
+    def on_validation_model_zero_grad(self) -> None:
+        # the graphed step's gradients live in the graph's memory: they must stay where they are
+        if self.automatic_optimization:
+            super().on_validation_model_zero_grad()
+
     def on_train_epoch_end(self) -> None:
-        loss = self._log_epoch("train", self.train_loss, self.train_acc)
+        if not self.automatic_optimization:
+            self._graphed_epoch_end()
+            return
+        self._check_finite(self._log_epoch("train", self.train_loss, self.train_acc))
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):  # one host read per epoch
             raise TrainingDiverged(
                 f"training diverged: the training loss is {loss.item()} in epoch {self.current_epoch}; "
                 "the usual cause is a learning rate too high (model.optimizer.lr)"
             )
+
+    def _graphed_epoch_end(self) -> None:
+        metrics = self._static_step.epoch_metrics() if self._static_step is not None else None
+        if metrics is not None:
+            loss, accuracy = metrics
+            self.log_dict({"train/loss": loss, "train/acc": accuracy}, prog_bar=True)
+            self._check_finite(loss)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self._step(batch, self.val_loss, self.val_acc)
@@ -192,6 +260,18 @@ class STNLitModule(L.LightningModule):
             groups.append({"params": list(self.net.transformer.parameters()), "name": "localization"})
         return groups
 
+    def _optimizer_steps(self) -> int:
+        """The run's optimizer steps. Lightning's estimate counts training calls, and with
+        `data.batches_per_call` a call holds a list of batches, one step each."""
+        calls = int(self.trainer.estimated_stepping_batches)
+        loader = self.trainer.train_dataloader
+        per_call = getattr(loader, "batches_per_call", 1)
+        if per_call == 1:
+            return calls
+        calls_per_epoch = self.trainer.num_training_batches  # trainer.limit_train_batches applied
+        steps_per_epoch = min(calls_per_epoch * per_call, loader.batch_count())
+        return steps_per_epoch * math.ceil(calls / calls_per_epoch)
+
     def _run_length_arguments(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """What a one-cycle schedule left open (null) in its config, from the run itself: its
         length in optimizer steps, and each parameter group's peak lr (the group's own lr, so the
@@ -203,7 +283,7 @@ class STNLitModule(L.LightningModule):
             # OneCycleLR divides by zero when its warm-up is shorter than one step, so a very short
             # run (debug=fdr) gets the shortest schedule that works and stops part way through it
             shortest = math.floor(1 / keywords.get("pct_start", 0.3)) + 1
-            arguments["total_steps"] = max(int(self.trainer.estimated_stepping_batches), shortest)
+            arguments["total_steps"] = max(self._optimizer_steps(), shortest)
         if "max_lr" in left_open:
             arguments["max_lr"] = [group["lr"] for group in optimizer.param_groups]
         return arguments

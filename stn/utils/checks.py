@@ -1,5 +1,6 @@
 """Checks on a composed config that no single constructor can make, run before anything is built:
-combinations of keys (image sizes, workers with the fast path), the machine (accelerator,
+combinations of keys (image sizes, workers with the fast path, the graphed step with what it
+replaces), the machine (accelerator,
 precision), and the keys of third-party classes and of the entry point itself (the optimizer, the
 trainer's epochs, threads). A single value of one of the project's classes is checked where it
 enters, in that class (stn/errors.py)."""
@@ -91,6 +92,33 @@ def check_precision(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.precision={precision} needs a CUDA GPU; use trainer.precision=32-true")
 
 
+def check_graphed_step(cfg: DictConfig) -> None:
+    """The graphed training step (model.cuda_graph) steps the optimizer itself, once per batch of a
+    list (data.batches_per_call): what Lightning would otherwise do around the step is not there."""
+    graphed = bool(_select(cfg, "model.cuda_graph"))
+    batches_per_call = _select(cfg, "data.batches_per_call")
+    if is_int(batches_per_call) and batches_per_call > 1 and not graphed:
+        raise ConfigError(
+            f"data.batches_per_call={batches_per_call} needs model.cuda_graph=true: the graphed step "
+            "takes one optimizer step per batch of the list; allowed 1 otherwise"
+        )
+    if not graphed:
+        return
+    if _select(cfg, "trainer.gradient_clip_val") is not None:
+        raise ConfigError(
+            "trainer.gradient_clip_val must be null with model.cuda_graph=true (no clipping inside the graph)"
+        )
+    _require(cfg, "trainer.accumulate_grad_batches", lambda v: v == 1, "1 with model.cuda_graph=true")
+    _require(
+        cfg, "trainer.precision", lambda v: str(v) in ("32", "32-true"), "32-true with model.cuda_graph=true"
+    )
+    if "ddp" in str(_select(cfg, "trainer.strategy") or ""):
+        raise ConfigError(
+            f"trainer.strategy={_select(cfg, 'trainer.strategy')} with model.cuda_graph=true: the graph "
+            "would replay without DDP's gradient all-reduce; use model.cuda_graph=false"
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value the run cannot use."""
     check_image_sizes(cfg)
@@ -104,3 +132,4 @@ def check_config(cfg: DictConfig) -> None:
         _require(cfg, "data.num_workers", lambda v: v == 0, "0 with data.fast_path=true (no DataLoader)")
     check_accelerator(cfg)
     check_precision(cfg)
+    check_graphed_step(cfg)
