@@ -12,12 +12,31 @@ import torch
 import torch.nn.functional as F
 
 
-def pixel_centres(height: int, width: int, device: torch.device | None = None) -> torch.Tensor:
-    """(H * W, 2) normalised (x, y) of every pixel centre, row by row."""
-    ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * 2 / height - 1
-    xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * 2 / width - 1
-    y, x = torch.meshgrid(ys, xs, indexing="ij")
+def pixel_centres(
+    height: int, width: int, device: torch.device | None = None, align_corners: bool = False
+) -> torch.Tensor:
+    """(H * W, 2) normalised (x, y) of every pixel centre, row by row (with `align_corners`, the
+    corner pixels' centres at -1 and 1, as `F.grid_sample(align_corners=True)` reads them)."""
+
+    def centres(count: int) -> torch.Tensor:
+        if align_corners:
+            return (
+                torch.linspace(-1.0, 1.0, count, device=device)
+                if count > 1
+                else torch.zeros(1, device=device)
+            )
+        return (torch.arange(count, device=device, dtype=torch.float32) + 0.5) * 2 / count - 1
+
+    y, x = torch.meshgrid(centres(height), centres(width), indexing="ij")
     return torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)
+
+
+def affine_grid(theta: torch.Tensor, height: int, width: int, align_corners: bool = False) -> torch.Tensor:
+    """(N, H, W, 2) grid of the (N, 2, 3) affine `theta`: what `F.affine_grid` computes, in plain
+    tensor operations, so that a model using it exports to ONNX (which has no affine_grid)."""
+    points = pixel_centres(height, width, theta.device, align_corners)  # (H * W, 2)
+    homogeneous = torch.cat([points, torch.ones_like(points[:, :1])], dim=1)  # (H * W, 3)
+    return (homogeneous @ theta.transpose(1, 2)).view(-1, height, width, 2)
 
 
 def sample(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stn.errors import check_argument, is_int, is_number
-from stn.geometry import control_grid, homography_grid, tps_grid, tps_system
+from stn.geometry import affine_grid, control_grid, homography_grid, tps_grid, tps_system
 from stn.models.layers import identity_head
 
 IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -61,7 +61,7 @@ class SpatialTransformer(nn.Module):
         return parameters.view(-1, 2, 3)  # (N, 2, 3)
 
     def sampling_grid(self, theta: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
-        return F.affine_grid(theta, size, align_corners=self.align_corners)  # (N, H, W, 2)
+        return affine_grid(theta, size[2], size[3], self.align_corners)  # (N, H, W, 2)
 
     def warp(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         """Sample (N, C, H, W) images at the grid given by theta."""

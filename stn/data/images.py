@@ -1,0 +1,114 @@
+"""A person's image of a digit (a photo, a scan, a drawing: any size, colour or grey, dark ink on
+light paper or light on dark) brought to a model's canvas the way MNIST itself was made.
+
+MNIST's digits are white on black, "size normalized to fit in a 20x20 pixel box while preserving
+their aspect ratio" and "centered in a 28x28 image by computing the center of mass of the pixels"
+(LeCun, Cortes and Burges, the MNIST page). So: grey, light-on-dark (inverted when the border is
+light), background to 0 and the ink stretched to 1, cropped to the ink, scaled to 20 pixels on its
+longer side, placed with its centre of mass at the centre of 28x28; a model trained on a larger
+canvas (RTS 42, TC 60) gets that 28x28 digit in the middle of its canvas, as its training digits
+were before they were moved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+from stn.errors import UserError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MNIST_SIZE = 28
+DIGIT_BOX = 20  # MNIST's box for the digit's longer side
+INK = 0.2  # after stretching: what counts as ink when cropping and locating the digit
+
+
+class ImageError(UserError):
+    """An image that cannot be read or holds no digit."""
+
+
+def read_grey(path: Path) -> torch.Tensor:
+    """(H, W) float grey levels in [0, 1]; transparency is composited onto white paper."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("RGBA", "LA", "P"):
+                image = image.convert("RGBA")
+                paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(paper, image)
+            grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else str(error).splitlines()[0]
+        raise ImageError(f"cannot read {path} as an image ({reason})") from None
+    if grey.size == 0:
+        raise ImageError(f"{path} has no pixels")
+    return torch.from_numpy(grey.copy())
+
+
+def _border(grey: torch.Tensor) -> torch.Tensor:
+    """The pixels of the outer frame (5% of each side, at least one pixel): the paper."""
+    height, width = grey.shape
+    band_h, band_w = max(1, height // 20), max(1, width // 20)
+    return torch.cat(
+        [
+            grey[:band_h].flatten(),
+            grey[-band_h:].flatten(),
+            grey[:, :band_w].flatten(),
+            grey[:, -band_w:].flatten(),
+        ]
+    )
+
+
+def is_light_background(grey: torch.Tensor) -> bool:
+    """Dark ink on light paper (most photos and scans), which MNIST's white-on-black must invert."""
+    return bool(_border(grey).median() > 0.5)
+
+
+def to_canvas(grey: torch.Tensor, canvas: int, invert: bool | None = None) -> tuple[torch.Tensor, bool]:
+    """(1, canvas, canvas) pixels in [0, 1], white digit on black, and whether the image was
+    inverted (`invert`: None detects it from the border)."""
+    inverted = is_light_background(grey) if invert is None else invert
+    if inverted:
+        grey = 1.0 - grey
+    background, ink = _border(grey).median(), grey.max()
+    if ink - background < 0.1:
+        raise ImageError("no digit found: the image is blank (no ink darker or lighter than its paper)")
+    stretched = ((grey - background) / (ink - background)).clamp(0, 1)
+    stretched = ((stretched - INK) / (1 - INK)).clamp(0, 1)  # paper texture and noise to 0
+    rows = torch.nonzero(stretched.amax(dim=1) > 0).flatten()
+    cols = torch.nonzero(stretched.amax(dim=0) > 0).flatten()
+    if rows.numel() == 0:
+        raise ImageError("no digit found: nothing stands out from the paper")
+    digit = stretched[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # (h, w) the ink's bounding box
+    scale = DIGIT_BOX / max(digit.shape)
+    size = (max(1, round(digit.shape[0] * scale)), max(1, round(digit.shape[1] * scale)))
+    digit = F.interpolate(digit[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)[
+        0, 0
+    ]
+    digit = digit.clamp(0, 1)
+    height, width = digit.shape
+    total = digit.sum().clamp_min(1e-6)
+    centre_y = (digit.sum(dim=1) * (torch.arange(height) + 0.5)).sum() / total
+    centre_x = (digit.sum(dim=0) * (torch.arange(width) + 0.5)).sum() / total
+    top = int(min(max(round(MNIST_SIZE / 2 - float(centre_y)), 0), MNIST_SIZE - height))
+    left = int(min(max(round(MNIST_SIZE / 2 - float(centre_x)), 0), MNIST_SIZE - width))
+    pixels = torch.zeros(canvas, canvas)
+    offset = (canvas - MNIST_SIZE) // 2  # the 28x28 field in the middle of a larger canvas
+    pixels[offset + top : offset + top + height, offset + left : offset + left + width] = digit
+    return pixels[None], inverted
+
+
+def image_files(pattern: str) -> list[Path]:
+    """The images `pattern` names: a file, a folder (its image files), or a glob."""
+    path = Path(pattern).expanduser()
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if path.exists():
+        return [path]
+    root = Path(path.anchor) if path.is_absolute() else Path(".")
+    relative = str(path.relative_to(path.anchor)) if path.is_absolute() else str(path)
+    return sorted(p for p in root.glob(relative) if p.is_file())

@@ -1,0 +1,173 @@
+"""Predict the digits in your own images with a trained STN, and see where its transformer looked.
+
+    python -m stn.predict ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt inputs=my_digits/
+    python -m stn.predict model_name=stn_mnist inputs='scans/*.jpg' invert=auto
+
+For each image: the predicted class and its probability, the top 3, the transformer's parameters
+(theta), and a picture: the image as brought to the model's canvas (stn/data/images.py) with the
+region the transformer sampled drawn on it, beside what the classifier saw. All results also go to
+predictions.csv and predictions.json in the run folder. An image that cannot be read, or holds no
+digit, is one line of the results with its error; the others still run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig
+from PIL import Image, ImageDraw
+
+from stn.data.images import ImageError, image_files, read_grey, to_canvas
+from stn.errors import ConfigError, user_errors_reported
+from stn.trained import TrainedModel, trained_model
+from stn.utils.runs import csv_text
+from stn.utils.sweep_checks import check_single_run_keys
+
+log = logging.getLogger(__name__)
+
+PANEL = 224  # the pictures' panels, in pixels
+RED = (230, 40, 40)
+CAPTION = 18  # the caption band's height
+
+
+def sampled_outline(model: TrainedModel, theta: torch.Tensor | None) -> list[tuple[float, float]]:
+    """The outline of the transformer's sampling grid, in the input canvas's pixel coordinates
+    (x, y), going round the output's border pixels: for affine, projective and TPS alike."""
+    canvas = model.canvas
+    transformer = model.network.transformer
+    if transformer is None or theta is None:  # the CNN sees the whole canvas
+        return [(0, 0), (canvas, 0), (canvas, canvas), (0, canvas)]
+    height, width = transformer.output_size or (canvas, canvas)
+    grid = transformer.sampling_grid(theta, (1, 1, height, width))[0]  # (H, W, 2) normalised (x, y)
+    border = torch.cat([grid[0, :], grid[:, -1], grid[-1, :].flip(0), grid[:, 0].flip(0)])  # (P, 2)
+    if transformer.align_corners:  # -1 and 1 are the corner pixels' centres
+        pixels = (border + 1) / 2 * (canvas - 1) + 0.5
+    else:  # -1 and 1 are the image's outer edges
+        pixels = (border + 1) / 2 * canvas
+    return [(float(x), float(y)) for x, y in pixels]
+
+
+def _panel(pixels: torch.Tensor) -> Image.Image:
+    """A (H, W) image in [0, 1] as an RGB panel PANEL pixels high (nearest neighbour: the pixels show)."""
+    grey = Image.fromarray((pixels.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
+    scale = PANEL / grey.height
+    return grey.resize((round(grey.width * scale), PANEL), Image.NEAREST).convert("RGB")
+
+
+def picture(
+    model: TrainedModel,
+    canvas_pixels: torch.Tensor,
+    seen: torch.Tensor,
+    theta: torch.Tensor | None,
+    caption: str,
+) -> Image.Image:
+    """The input canvas with the sampled region in red, beside what the classifier saw, captioned."""
+    left, right = _panel(canvas_pixels[0]), _panel(seen[0])
+    scale = PANEL / model.canvas
+    outline = [(x * scale, y * scale) for x, y in sampled_outline(model, theta)]
+    ImageDraw.Draw(left).line([*outline, outline[0]], fill=RED, width=2)
+    gap = 8
+    sheet = Image.new("RGB", (left.width + gap + right.width, PANEL + 2 * CAPTION), "white")
+    sheet.paste(left, (0, CAPTION))
+    sheet.paste(right, (left.width + gap, CAPTION))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((4, 3), f"input, {model.canvas}x{model.canvas} (red: where it looked)", fill="black")
+    draw.text((left.width + gap + 4, 3), "what the classifier saw", fill="black")
+    draw.text((4, PANEL + CAPTION + 3), caption, fill="black")
+    return sheet
+
+
+@torch.no_grad()
+def predict_image(
+    model: TrainedModel, path: Path, invert: bool | None, top_k: int, out_dir: Path
+) -> dict[str, Any]:
+    """One image's prediction and picture (written to `out_dir`)."""
+    canvas_pixels, inverted = to_canvas(read_grey(path), model.canvas, invert)  # (1, S, S) in [0, 1]
+    images = ((canvas_pixels - model.mean) / model.std)[None]  # (1, 1, S, S) normalised as in training
+    seen, theta = model.network.transform(images)
+    probabilities = model.network.classifier(seen).softmax(dim=1)[0]  # (classes,)
+    top = probabilities.topk(min(top_k, probabilities.numel()))
+    prediction, probability = int(top.indices[0]), float(top.values[0])
+    picture_file = out_dir / f"{path.stem}.stn.png"
+    caption = f"{path.name}: {prediction} ({100 * probability:.1f}%)" + (", inverted" if inverted else "")
+    seen_pixels = seen[0] * model.std + model.mean  # back to [0, 1] pixels
+    picture(model, canvas_pixels, seen_pixels, theta, caption).save(picture_file)
+    return {
+        "file": str(path),
+        "prediction": prediction,
+        "probability": round(probability, 6),
+        "top": [[int(i), round(float(p), 6)] for i, p in zip(top.indices, top.values, strict=True)],
+        "theta": [round(float(v), 6) for v in theta.flatten()] if theta is not None else [],
+        "inverted": inverted,
+        "picture": str(picture_file),
+        "error": "",
+    }
+
+
+def _invert_option(value: Any) -> bool | None:
+    if value in ("auto", None):
+        return None
+    if isinstance(value, bool):
+        return value
+    raise ConfigError(f"invert={value} is out of range: allowed auto | true | false")
+
+
+def predict(cfg: DictConfig) -> list[dict[str, Any]]:
+    invert = _invert_option(cfg.get("invert", "auto"))
+    top_k = cfg.get("top_k", 3)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ConfigError(f"top_k={top_k} is out of range: allowed integers >= 1")
+    if not cfg.get("inputs"):
+        raise ConfigError("inputs is required: an image file, a folder of images, or a glob ('digits/*.png')")
+    files = image_files(str(cfg.inputs))
+    if not files:
+        raise ConfigError(f"inputs={cfg.inputs} names no file (a file, a folder of images, or a glob)")
+    model = trained_model(cfg)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    for path in files:
+        try:
+            result = predict_image(model, path, invert, top_k, out_dir)
+            log.info("%s: %d (%.1f%%)", path, result["prediction"], 100 * result["probability"])
+        except ImageError as error:
+            log.warning("%s: %s", path, error)
+            result = {"file": str(path), "error": str(error)}
+        results.append(result)
+    (out_dir / "predictions.json").write_text(
+        json.dumps({"model": model.name, "predictions": results}, indent=2)
+    )
+    rows = [
+        {
+            "file": r["file"],
+            "prediction": r.get("prediction", ""),
+            "probability": r.get("probability", ""),
+            f"top{top_k}": " ".join(f"{i}:{p:.4f}" for i, p in r.get("top", [])),
+            "theta": " ".join(f"{v:.5f}" for v in r.get("theta", [])),
+            "inverted": r.get("inverted", ""),
+            "picture": r.get("picture", ""),
+            "error": r["error"],
+        }
+        for r in results
+    ]
+    (out_dir / "predictions.csv").write_text(csv_text([list(rows[0]), *(list(row.values()) for row in rows)]))
+    done = sum(1 for r in results if not r["error"])
+    log.info("%d of %d images predicted; results in %s", done, len(results), out_dir / "predictions.csv")
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="predict.yaml")
+def main(cfg: DictConfig) -> None:
+    with user_errors_reported():
+        predict(cfg)
+
+
+if __name__ == "__main__":
+    check_single_run_keys(Path(__file__).resolve().parents[1] / "conf", "predict.yaml", sys.argv[1:])
+    main()

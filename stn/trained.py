@@ -1,0 +1,158 @@
+"""A trained model, from a run's checkpoint or from the model zoo (`zoo/`): the LightningModule with
+its weights, and the model and data config it was trained with (so its canvas and normalisation
+are known). Shared by `stn.eval`, `stn.predict` and `stn.export`.
+
+The zoo keeps small models in the repository as safetensors state dicts (no pickle), each with its
+config, its test accuracy, the command that trained it and the weights' sha256, in
+`zoo/manifest.json`; `zoo_model(name)` checks the hash before loading.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from stn.errors import ConfigError, UserError
+from stn.utils.instantiators import build
+from stn.utils.runs import RUN_CONFIG, check_buildable, saved_config
+
+ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
+MANIFEST = "manifest.json"
+# what a zoo entry keeps of the run's data config: how the images were made, not where they were
+DATA_KEYS_DROPPED = (
+    "data_dir",
+    "train_subset",
+    "test_subset",
+    "num_workers",
+    "pin_memory",
+    "batches_per_call",
+)
+
+
+@dataclass
+class TrainedModel:
+    name: str  # the checkpoint's path or the zoo name
+    module: L.LightningModule  # on the CPU, in eval mode
+    model_config: DictConfig
+    data_config: DictConfig
+
+    @property
+    def network(self) -> torch.nn.Module:
+        """The pure-PyTorch network (stn.models.STNClassifier)."""
+        return self.module.net
+
+    @property
+    def canvas(self) -> int:
+        """The side of the square images it was trained on (28; 42 RTS; 60 TC)."""
+        return int(self.data_config.get("image_size", 28))
+
+    @property
+    def mean(self) -> float:
+        return float(self.data_config.mean)
+
+    @property
+    def std(self) -> float:
+        return float(self.data_config.std)
+
+
+def run_config(checkpoint: Path) -> DictConfig | None:
+    """The config of the run that wrote `checkpoint` (<run>/checkpoints/x.ckpt): the run's own
+    record (<run>/run_config/), else its `.hydra/`; None outside a run folder."""
+    run_dir = checkpoint.resolve().parent.parent
+    for record in (str(RUN_CONFIG), ".hydra"):
+        if (run_dir / record / "config.yaml").is_file():
+            return saved_config(run_dir, record)
+    return None
+
+
+def _built(model_config: DictConfig, data_config: DictConfig) -> L.LightningModule:
+    """The LightningModule of `model_config`, its interpolations (the data's canvas, mean and
+    std) resolved against `data_config`."""
+    cfg = OmegaConf.create({"model": model_config, "data": data_config})
+    OmegaConf.resolve(cfg)
+    with_speed_off = {**OmegaConf.to_container(cfg.model), "compile": False, "cuda_graph": False}
+    cfg.model = {key: value for key, value in with_speed_off.items() if key in cfg.model}
+    return build(cfg, "model")
+
+
+def checkpoint_model(checkpoint: Path) -> TrainedModel:
+    """The model that wrote `checkpoint`, a file in a run folder of this project."""
+    if not checkpoint.is_file():
+        raise ConfigError(f"ckpt_path={checkpoint} is not a checkpoint file")
+    saved = run_config(checkpoint)
+    if saved is None:
+        raise ConfigError(
+            f"ckpt_path={checkpoint} is not in a run folder (<run>/checkpoints/<name>.ckpt beside "
+            "<run>/.hydra/config.yaml), so the model it was trained with is not known"
+        )
+    module = _built(saved.model, saved.data)
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+    except (RuntimeError, KeyError, EOFError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"ckpt_path={checkpoint} cannot be loaded into its run's model: {first}") from None
+    return TrainedModel(str(checkpoint), module.eval(), saved.model, saved.data)
+
+
+def zoo_manifest(zoo_dir: Path = ZOO_DIR) -> dict[str, dict[str, Any]]:
+    """The zoo's entries by name."""
+    path = zoo_dir / MANIFEST
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())["models"]
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def zoo_model(name: str, zoo_dir: Path = ZOO_DIR) -> TrainedModel:
+    """The zoo's model `name`, its weights checked against the manifest's sha256."""
+    from safetensors.torch import load_file  # only where zoo weights are read
+
+    manifest = zoo_manifest(zoo_dir)
+    if name not in manifest:
+        known = ", ".join(sorted(manifest)) or "none"
+        raise ConfigError(f"model_name={name} is not in the zoo ({zoo_dir / MANIFEST}); allowed: {known}")
+    entry = manifest[name]
+    weights = zoo_dir / entry["weights"]
+    if not weights.is_file() or sha256(weights) != entry["sha256"]:
+        raise UserError(
+            f"{weights} is missing or does not match its sha256 in {zoo_dir / MANIFEST}; "
+            "restore it with `git checkout -- zoo/`"
+        )
+    config_file = zoo_dir / entry["config"]
+    config = OmegaConf.load(config_file)
+    check_buildable(config, config_file)
+    module = _built(config.model, config.data)
+    module.net.load_state_dict(load_file(weights))
+    return TrainedModel(name, module.eval(), config.model, config.data)
+
+
+def trained_model(cfg: DictConfig) -> TrainedModel:
+    """The model an entry point's `ckpt_path` or `model_name` names (exactly one of them)."""
+    ckpt_path, model_name = cfg.get("ckpt_path"), cfg.get("model_name")
+    if bool(ckpt_path) == bool(model_name):
+        known = ", ".join(sorted(zoo_manifest())) or "none yet"
+        raise ConfigError(
+            "name one model: ckpt_path=<run>/checkpoints/<name>.ckpt or model_name=<zoo name> "
+            f"(the zoo has: {known})"
+        )
+    return checkpoint_model(Path(str(ckpt_path))) if ckpt_path else zoo_model(str(model_name))
+
+
+def zoo_config(run_config: DictConfig) -> DictConfig:
+    """What a zoo entry keeps of a run's resolved config: the model, and the data without the
+    machine's paths and the run's subsets."""
+    data = OmegaConf.to_container(run_config.data, resolve=True)
+    for key in DATA_KEYS_DROPPED:
+        data.pop(key, None)
+    return OmegaConf.create({"model": OmegaConf.to_container(run_config.model, resolve=True), "data": data})
