@@ -1,4 +1,5 @@
-"""Test a checkpoint: `python -m stn.eval ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt`.
+"""Test a checkpoint: `python -m stn.eval ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt`,
+or a model of the zoo on the data it was trained on: `python -m stn.eval model_name=stn_mnist`.
 
 When the checkpoint sits in a run folder of this project, the model config that trained it is read
 from that run's `.hydra/config.yaml`, so `model=` need not be repeated.
@@ -16,24 +17,14 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError, user_errors_reported
+from stn.trained import run_config, zoo_model
 from stn.utils.checks import check_config
 from stn.utils.instantiators import build, instantiate_group
-from stn.utils.runs import RUN_CONFIG, saved_config
 from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)
 
 SPEED_KEYS = ("channels_last", "compile", "compile_mode")
-
-
-def run_config(checkpoint: Path) -> DictConfig | None:
-    """The config of the run that wrote `checkpoint` (<run>/checkpoints/x.ckpt): the run's own
-    record (<run>/run_config/), else its `.hydra/`; None outside a run folder."""
-    run_dir = checkpoint.resolve().parent.parent
-    for record in (str(RUN_CONFIG), ".hydra"):
-        if (run_dir / record / "config.yaml").is_file():
-            return saved_config(run_dir, record)
-    return None
 
 
 def _test(
@@ -50,9 +41,37 @@ def _test(
         ) from None
 
 
+def evaluate_zoo_model(cfg: DictConfig) -> dict[str, float]:
+    """A zoo model on the test set of the data it was trained on (this machine's data_dir)."""
+    trained = zoo_model(str(cfg.model_name))
+    keep = {
+        key: cfg.data[key]
+        for key in ("data_dir", "test_subset", "batch_size", "fast_path")
+        if key in cfg.data
+    }
+    cfg.data = OmegaConf.merge(trained.data_config, keep)
+    cfg.model = trained.model_config
+    check_config(cfg)
+    datamodule = build(cfg, "data")
+    trainer: L.Trainer = build(cfg, "trainer", logger=instantiate_group(cfg.get("logger")))
+    trainer.test(trained.module, datamodule=datamodule)
+    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    log.info(
+        "Test metrics of zoo model %s:\n%s", cfg.model_name, json.dumps(metrics, indent=2, sort_keys=True)
+    )
+    return metrics
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
+    if cfg.get("model_name"):
+        if cfg.get("ckpt_path"):
+            raise ConfigError("name one model: ckpt_path=<checkpoint> or model_name=<zoo name>, not both")
+        return evaluate_zoo_model(cfg)
     if OmegaConf.is_missing(cfg, "ckpt_path") or not cfg.ckpt_path:
-        raise ConfigError("ckpt_path is required: python -m stn.eval ckpt_path=<run>/checkpoints/<name>.ckpt")
+        raise ConfigError(
+            "ckpt_path is required: python -m stn.eval ckpt_path=<run>/checkpoints/<name>.ckpt "
+            "(or model_name=<zoo name>)"
+        )
     checkpoint = Path(str(cfg.ckpt_path))
     if not checkpoint.is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a checkpoint file")

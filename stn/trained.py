@@ -77,8 +77,8 @@ def _built(model_config: DictConfig, data_config: DictConfig) -> L.LightningModu
     std) resolved against `data_config`."""
     cfg = OmegaConf.create({"model": model_config, "data": data_config})
     OmegaConf.resolve(cfg)
-    with_speed_off = {**OmegaConf.to_container(cfg.model), "compile": False, "cuda_graph": False}
-    cfg.model = {key: value for key, value in with_speed_off.items() if key in cfg.model}
+    cfg.model.compile = False  # speed options of the training machine, not of this one
+    cfg.model.cuda_graph = False
     return build(cfg, "model")
 
 

@@ -1,0 +1,157 @@
+"""Export a trained STN to a file that runs without this project: ONNX (onnxruntime, any language)
+or TorchScript (PyTorch alone).
+
+    python -m stn.export ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt format=onnx
+    python -m stn.export model_name=stn_mnist format=torchscript
+
+The exported model takes `pixels`, (N, 1, S, S) float32 in [0, 1], white digit on black, on the
+model's canvas S (28; 42 RTS; 60 TC), normalises them as in training, and returns `logits`
+(N, 10) and, with a transformer, `theta` (N, P): its parameters, flattened (6 affine, 9 for the
+projective 3x3 matrix, 2 per control point for TPS). Every sampling grid is built from plain tensor
+operations (stn/geometry.py) and sampled with grid_sample (ONNX GridSample, opset 16+), so all
+three transformers export. After writing, the file is run on real MNIST test images and compared
+with PyTorch; the largest difference is printed and saved beside it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from stn.errors import ConfigError, UserError, user_errors_reported
+from stn.trained import TrainedModel, trained_model
+from stn.utils.instantiators import build
+from stn.utils.sweep_checks import check_single_run_keys
+
+log = logging.getLogger(__name__)
+
+FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
+OPSET = 18
+
+
+class PixelsToPrediction(nn.Module):
+    """(N, 1, S, S) pixels in [0, 1] -> logits (N, classes) and theta (N, P): the network with its
+    input normalisation, in the contiguous memory format (exporters expect it)."""
+
+    def __init__(self, network: nn.Module, mean: float, std: float) -> None:
+        super().__init__()
+        self.network = copy.deepcopy(network).to(memory_format=torch.contiguous_format).eval()
+        self.mean, self.std = mean, std
+
+    def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        seen, theta = self.network.transform((pixels - self.mean) / self.std)
+        logits = self.network.classifier(seen)
+        if theta is None:  # the CNN baseline
+            return (logits,)
+        return logits, theta.flatten(1)  # (N, classes), (N, P)
+
+
+def output_names(model: TrainedModel) -> list[str]:
+    return ["logits"] if model.network.transformer is None else ["logits", "theta"]
+
+
+def export_onnx(wrapper: PixelsToPrediction, example: torch.Tensor, path: Path, names: list[str]) -> None:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    program = torch.onnx.export(
+        wrapper, (example,), input_names=["pixels"], output_names=names, opset_version=OPSET,
+        dynamo=True, dynamic_shapes=({0: batch},), verbose=False,
+    )  # fmt: skip
+    program.save(str(path))
+
+
+def export_torchscript(wrapper: PixelsToPrediction, example: torch.Tensor, path: Path) -> None:
+    with torch.no_grad():
+        traced = torch.jit.trace(wrapper, example)
+    traced.save(str(path))
+
+
+def run_exported(path: Path, pixels: torch.Tensor) -> list[torch.Tensor]:
+    """The exported file's outputs on `pixels`, run the way a user without this project would."""
+    if path.suffix == ".onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return [torch.from_numpy(output) for output in session.run(None, {"pixels": pixels.numpy()})]
+    loaded = torch.jit.load(str(path))
+    with torch.no_grad():
+        return list(loaded(pixels))
+
+
+def test_pixels(model: TrainedModel, data_dir: str, count: int) -> torch.Tensor:
+    """`count` real MNIST test digits on the model's canvas, as pixels in [0, 1]."""
+    data = OmegaConf.merge(model.data_config, {"data_dir": data_dir, "test_subset": count, "download": True})
+    datamodule = build(OmegaConf.create({"data": data}), "data")
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    images, _ = datamodule.test_set.batch(slice(0, count))  # normalised
+    return images * model.std + model.mean
+
+
+def largest_difference(wrapper: PixelsToPrediction, path: Path, pixels: torch.Tensor) -> float:
+    with torch.no_grad():
+        expected = wrapper(pixels)
+    exported = run_exported(path, pixels)
+    return max(float((got - want).abs().max()) for got, want in zip(exported, expected, strict=True))
+
+
+def export(cfg: DictConfig) -> dict[str, object]:
+    fmt = str(cfg.get("format"))
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt} is out of range: allowed {' | '.join(FORMATS)}")
+    check_images = cfg.get("check_images", 256)
+    if not isinstance(check_images, int) or isinstance(check_images, bool) or check_images < 0:
+        raise ConfigError(f"check_images={check_images} is out of range: allowed integers >= 0")
+    if fmt == "onnx":
+        try:
+            import onnxruntime  # noqa: F401
+            import onnxscript  # noqa: F401
+        except ImportError as error:
+            raise UserError(
+                f"format=onnx needs the export extra ({error.name} is not installed): "
+                "pip install -e '.[export]'"
+            ) from None
+    model = trained_model(cfg)
+    stem = Path(str(cfg.model_name or cfg.ckpt_path)).stem
+    path = (
+        Path(str(cfg.output_file))
+        if cfg.get("output_file")
+        else Path(cfg.paths.output_dir) / f"{stem}{FORMATS[fmt]}"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wrapper = PixelsToPrediction(model.network, model.mean, model.std)
+    example = torch.rand(2, 1, model.canvas, model.canvas)
+    names = output_names(model)
+    if fmt == "onnx":
+        export_onnx(wrapper, example, path, names)
+    else:
+        export_torchscript(wrapper, example, path)
+    report: dict[str, object] = {
+        "model": model.name, "file": str(path), "format": fmt, "inputs": "pixels (N, 1, S, S) in [0, 1]",
+        "canvas": model.canvas, "outputs": names, "bytes": path.stat().st_size,
+    }  # fmt: skip
+    if check_images:
+        pixels = test_pixels(model, str(cfg.data_dir), check_images)
+        report["checked_on"] = f"{len(pixels)} MNIST test images"
+        report["largest_difference"] = largest_difference(wrapper, path, pixels)
+    path.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    log.info("Exported %s to %s\n%s", model.name, path, json.dumps(report, indent=2))
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export.yaml")
+def main(cfg: DictConfig) -> None:
+    with user_errors_reported():
+        export(cfg)
+
+
+if __name__ == "__main__":
+    check_single_run_keys(Path(__file__).resolve().parents[1] / "conf", "export.yaml", sys.argv[1:])
+    main()
