@@ -4,7 +4,8 @@ light paper or light on dark) brought to a model's canvas the way MNIST itself w
 MNIST's digits are white on black, "size normalized to fit in a 20x20 pixel box while preserving
 their aspect ratio" and "centered in a 28x28 image by computing the center of mass of the pixels"
 (LeCun, Cortes and Burges, the MNIST page). So: grey, light-on-dark (inverted when the border is
-light), background to 0 and the ink stretched to 1, cropped to the ink, scaled to 20 pixels on its
+light), the paper to 0 (a quadratic surface fitted to the border, which takes out uneven light)
+and the ink stretched to 1, cropped to the ink, scaled to 20 pixels on its
 longer side, placed with its centre of mass at the centre of 28x28; a model trained on a larger
 canvas (RTS 42, TC 60) gets that 28x28 digit in the middle of its canvas, as its training digits
 were before they were moved.
@@ -49,41 +50,55 @@ def read_grey(path: Path) -> torch.Tensor:
     return torch.from_numpy(grey.copy())
 
 
-def _border(grey: torch.Tensor) -> torch.Tensor:
-    """The pixels of the outer frame (5% of each side, at least one pixel): the paper."""
-    height, width = grey.shape
+WORKING_SIDE = 512  # larger images are scaled down first: the digit ends up 20 pixels high anyway
+
+
+def _frame_mask(height: int, width: int) -> torch.Tensor:
+    """(H, W) True on the outer frame (5% of each side, at least one pixel): the paper."""
     band_h, band_w = max(1, height // 20), max(1, width // 20)
-    return torch.cat(
-        [
-            grey[:band_h].flatten(),
-            grey[-band_h:].flatten(),
-            grey[:, :band_w].flatten(),
-            grey[:, -band_w:].flatten(),
-        ]
-    )
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[:band_h], mask[-band_h:], mask[:, :band_w], mask[:, -band_w:] = True, True, True, True
+    return mask
 
 
 def is_light_background(grey: torch.Tensor) -> bool:
     """Dark ink on light paper (most photos and scans), which MNIST's white-on-black must invert."""
-    return bool(_border(grey).median() > 0.5)
+    return bool(grey[_frame_mask(*grey.shape)].median() > 0.5)
+
+
+def paper_surface(grey: torch.Tensor) -> torch.Tensor:
+    """(H, W) the paper's brightness under uneven light: a quadratic surface fitted to the frame."""
+    height, width = grey.shape
+    y, x = torch.meshgrid(torch.linspace(-1, 1, height), torch.linspace(-1, 1, width), indexing="ij")
+    basis = torch.stack([torch.ones_like(x), x, y, x * x, y * y, x * y], dim=-1)  # (H, W, 6)
+    frame = _frame_mask(height, width)
+    coefficients = torch.linalg.lstsq(basis[frame], grey[frame, None]).solution  # (6, 1)
+    return (basis @ coefficients)[..., 0]
 
 
 def to_canvas(grey: torch.Tensor, canvas: int, invert: bool | None = None) -> tuple[torch.Tensor, bool]:
     """(1, canvas, canvas) pixels in [0, 1], white digit on black, and whether the image was
     inverted (`invert`: None detects it from the border)."""
+    if max(grey.shape) > WORKING_SIDE:
+        scale = WORKING_SIDE / max(grey.shape)
+        size = (max(1, round(grey.shape[0] * scale)), max(1, round(grey.shape[1] * scale)))
+        grey = F.interpolate(grey[None, None], size=size, mode="bilinear", antialias=True)[0, 0]
     inverted = is_light_background(grey) if invert is None else invert
     if inverted:
         grey = 1.0 - grey
-    background, ink = _border(grey).median(), grey.max()
-    if ink - background < 0.1:
+    ink = (grey - paper_surface(grey)).clamp_min(0)  # the paper (and its uneven light) to 0
+    strongest = torch.quantile(ink.flatten(), 0.999) if ink.numel() > 1000 else ink.max()
+    if strongest < 0.1:
         raise ImageError("no digit found: the image is blank (no ink darker or lighter than its paper)")
-    stretched = ((grey - background) / (ink - background)).clamp(0, 1)
-    stretched = ((stretched - INK) / (1 - INK)).clamp(0, 1)  # paper texture and noise to 0
-    rows = torch.nonzero(stretched.amax(dim=1) > 0).flatten()
-    cols = torch.nonzero(stretched.amax(dim=0) > 0).flatten()
+    stretched = (ink / strongest).clamp(0, 1)
+    # where the digit is: ink that stands out after a 3x3 average (single noisy pixels do not)
+    smooth = F.avg_pool2d(stretched[None, None], 3, stride=1, padding=1)[0, 0]
+    rows = torch.nonzero((smooth > 2 * INK).any(dim=1)).flatten()
+    cols = torch.nonzero((smooth > 2 * INK).any(dim=0)).flatten()
     if rows.numel() == 0:
         raise ImageError("no digit found: nothing stands out from the paper")
     digit = stretched[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # (h, w) the ink's bounding box
+    digit = ((digit - INK) / (1 - INK)).clamp(0, 1)  # paper texture and noise to 0
     scale = DIGIT_BOX / max(digit.shape)
     size = (max(1, round(digit.shape[0] * scale)), max(1, round(digit.shape[1] * scale)))
     digit = F.interpolate(digit[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)[
