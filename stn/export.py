@@ -9,8 +9,9 @@ model's canvas S (28; 42 RTS; 60 TC), normalises them as in training, and return
 (N, 10) and, with a transformer, `theta` (N, P): its parameters, flattened (6 affine, 9 for the
 projective 3x3 matrix, 2 per control point for TPS). Every sampling grid is built from plain tensor
 operations (stn/geometry.py) and sampled with grid_sample (ONNX GridSample, opset 16+), so all
-three transformers export. After writing, the file is run on real MNIST test images and compared
-with PyTorch; the largest difference is printed and saved beside it.
+three transformers export (TorchScript is deprecated in PyTorch in favour of torch.export and warns
+so; its files still load wherever PyTorch runs). After writing, the file is run on real MNIST test
+images and compared with PyTorch; the largest difference is printed and saved beside it.
 """
 
 from __future__ import annotations

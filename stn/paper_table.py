@@ -5,8 +5,9 @@
 Finds every finished run below the folder (a `metrics.json` next to `.hydra/`), reads which
 `data=` and `model=` it used (Hydra's runtime choices) and its test accuracy, and writes
 `paper_table.md` and `paper_table.csv`: rows = models, columns = R / RTS / P / E / TC, cells =
-mean test error % ± std over seeds (and how many seeds), with the paper's published errors
-beside ours. Unless --no-images, also `paper_<variant>.png` per variant: the same fixed test
+mean test error % ± the half-width of its 95% confidence interval over seeds (t distribution; and
+how many seeds), with the paper's published errors beside ours and a mark where we match or beat
+them. Unless --no-images, also `paper_<variant>.png` per variant: the same fixed test
 digits, then what each trained transformer makes of them (one row per model).
 """
 
@@ -24,6 +25,7 @@ from omegaconf import DictConfig
 from torchvision.utils import make_grid, save_image
 
 from stn.callbacks.transform_grid import at_input_size
+from stn.pictures import labelled_rows
 from stn.utils.runs import csv_text, run_folders, write_atomically
 
 PAPER_COLUMNS = {  # the data= choice -> its column in the paper's table
@@ -41,9 +43,11 @@ MODELS = {
     "stn_proj": "ST-CNN Proj",
     "stn_tps": "ST-CNN TPS",
 }
-# test error %, Jaderberg et al. 2015: table 1 (R, RTS, P, E) and the 60x60 cluttered MNIST text
+# test error %, Jaderberg et al. 2015: table 1 (R, RTS, P, E; FCN, ST-FCN Aff, CNN, ST-CNN Aff,
+# Proj, TPS) and the 60x60 cluttered MNIST (TC) results in its text
 PAPER = {
-    "fcn": {"R": 2.1, "RTS": 5.2, "P": 3.1, "E": 3.2},
+    "fcn": {"R": 2.1, "RTS": 5.2, "P": 3.1, "E": 3.2, "TC": 13.2},
+    "st_fcn": {"R": 1.2, "RTS": 0.8, "P": 1.5, "E": 2.7},
     "cnn": {"R": 1.2, "RTS": 0.8, "P": 1.5, "E": 1.4, "TC": 3.5},
     "stn": {"R": 0.7, "RTS": 0.5, "P": 0.8, "E": 1.2, "TC": 1.7},
     "stn_proj": {"R": 0.8, "RTS": 0.6, "P": 0.8, "E": 1.3},
@@ -92,11 +96,32 @@ def find_runs(root: Path) -> list[Run]:
     return runs
 
 
-def cell(errors: list[float]) -> str:
+# Student's t, 97.5% quantile, by degrees of freedom (a 95% two-sided interval); 1.96 beyond 30
+T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+         2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+         2.045, 2.042)  # fmt: skip
+MATCH = "✓"  # our interval reaches the paper's error, or our mean is below it
+
+
+def confidence_interval(errors: list[float]) -> tuple[float, float]:
+    """The mean and the half-width of its 95% confidence interval over seeds (t distribution with
+    n - 1 degrees of freedom); half-width 0 for a single seed, where no interval exists."""
+    mean = statistics.mean(errors)
+    if len(errors) < 2:
+        return mean, 0.0
+    degrees = len(errors) - 1
+    quantile = T_975[degrees - 1] if degrees <= len(T_975) else 1.96
+    return mean, quantile * statistics.stdev(errors) / math.sqrt(len(errors))
+
+
+def cell(errors: list[float], paper: float | None = None) -> str:
+    """`mean ± CI half-width (n=seeds)`, marked where it matches or beats the paper's error."""
     if not errors:
         return ""
-    spread = statistics.stdev(errors) if len(errors) > 1 else 0.0
-    return f"{statistics.mean(errors):.2f} ± {spread:.2f} (n={len(errors)})"
+    mean, half_width = confidence_interval(errors)
+    text = f"{mean:.2f} ± {half_width:.2f} (n={len(errors)})" if len(errors) > 1 else f"{mean:.2f} (n=1)"
+    matches = paper is not None and mean - half_width <= paper
+    return f"{text} {MATCH}" if matches else text
 
 
 def schedule(runs: list[Run]) -> list[str]:
@@ -128,8 +153,12 @@ def write_table(runs: list[Run], out: Path) -> str:
     header = ["model"] + [f"{c} ours" for c in columns] + [f"{c} paper" for c in columns]
     rows = []
     for model in models:
-        ours = [cell([r.error for r in runs if r.model == model and r.variant == c]) for c in columns]
-        paper = [str(PAPER.get(model, {}).get(c, "")) for c in columns]
+        published = PAPER.get(model, {})
+        ours = [
+            cell([r.error for r in runs if r.model == model and r.variant == c], published.get(c))
+            for c in columns
+        ]
+        paper = [str(published.get(c, "")) for c in columns]
         rows.append([MODELS.get(model, model), *ours, *paper])
     write_atomically(out / "paper_table.csv", csv_text([header, *rows]))
     lines = [
@@ -140,7 +169,12 @@ def write_table(runs: list[Run], out: Path) -> str:
         ours, paper = row[1 : 1 + len(columns)], row[1 + len(columns) :]
         cells = [f"{o or '—'} ({p or '—'})" for o, p in zip(ours, paper, strict=True)]
         lines.append(f"| {row[0]} | " + " | ".join(cells) + " |")
-    markdown = "Test error %, mean ± std over seeds (paper's error in brackets)\n\n" + "\n".join(lines) + "\n"
+    markdown = (
+        "Test error %, mean ± the half-width of its 95% confidence interval over seeds (t distribution), "
+        f"the paper's error in brackets; {MATCH}: the interval reaches the paper's error or lies below it\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
     markdown += "\nSchedule (from the runs' configs):\n\n" + "\n".join(schedule(runs)) + "\n"
     write_atomically(out / "paper_table.md", markdown)
     return markdown
@@ -176,7 +210,8 @@ def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
                 rows.append(at_input_size(model.net.transform(images)[0], images))
         pixels = torch.cat(rows) * cfg.data.std + cfg.data.mean
         path = out / f"paper_{variant}.png"
-        save_image(make_grid(pixels.clamp(0, 1), nrow=count, padding=2, pad_value=1.0), path)
+        grid = make_grid(pixels.clamp(0, 1), nrow=count, padding=2, pad_value=1.0)
+        save_image(labelled_rows(grid, ["input", *(MODELS[m] for m in transformers)]), path)
         (out / f"paper_{variant}.txt").write_text("rows: input, " + ", ".join(transformers) + "\n")
         written.append(path)
     return written

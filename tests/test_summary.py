@@ -1,11 +1,14 @@
-"""`python -m stn.summarize`: a sweep's table, best first, with its failed jobs."""
+"""`python -m stn.summarize`: a sweep's table, best first, with its failed jobs; the paper table's
+interval arithmetic."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 
+from stn.paper_table import MATCH, T_975, cell, confidence_interval
 from stn.summarize import main as summarize
 
 from .conftest import (
@@ -38,3 +41,19 @@ def test_summary_of_a_folder_without_runs_is_one_sentence(tmp_path: Path, capsys
     with pytest.raises(SystemExit) as stop:
         summarize([str(tmp_path)])
     assert str(stop.value) == f"error: no runs under {tmp_path}: no job folder with .hydra/overrides.yaml"
+
+
+def test_the_paper_table_cell_is_a_t_interval_marked_against_the_paper():
+    mean, half_width = confidence_interval([1.0, 2.0, 3.0])  # sd 1, n 3, t(0.975, 2 df) = 4.303
+    assert mean == 2.0 and half_width == pytest.approx(4.303 / math.sqrt(3))
+    assert confidence_interval([0.8]) == (0.8, 0.0)
+    assert cell([1.0, 1.2, 1.1], paper=0.7) == "1.10 ± 0.25 (n=3)"  # 0.85..1.35: above the paper
+    assert cell([1.0, 1.2, 1.1], paper=0.9) == f"1.10 ± 0.25 (n=3) {MATCH}"  # reaches 0.9
+    assert cell([0.5], paper=0.7) == f"0.50 (n=1) {MATCH}"  # below it
+    assert cell([0.5]) == "0.50 (n=1)" and cell([]) == ""
+
+
+def test_the_t_quantiles_are_students():
+    stats = pytest.importorskip("scipy.stats")
+    for degrees, quantile in enumerate(T_975, start=1):
+        assert quantile == pytest.approx(stats.t.ppf(0.975, degrees), abs=6e-4)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra.core.hydra_config import HydraConfig
+from PIL import Image
 
 from stn.train import train
 
@@ -146,6 +147,7 @@ def test_paper_grid_and_table(tmp_path: Path, mnist_dir: Path):
         assert "(n=1)" in rows[model].split(" | ")[1] and f"({paper_error})" in rows[model]
     csv_rows = (tmp_path / "table" / "paper_table.csv").read_text().splitlines()
     assert csv_rows[0].startswith("model,R ours,RTS ours") and len(csv_rows) == 3
-    assert (tmp_path / "table" / "paper_R.png").is_file()  # input vs the STN's output
+    # input vs the STN's output: 12 digits of 28+2 px, a label column of 96 px (input, ST-CNN Aff)
+    assert Image.open(tmp_path / "table" / "paper_R.png").size == (96 + 12 * 30 + 2, 2 * 30 + 2)
     empty = run("stn.paper_table", str(tmp_path / "table"), data_dir=mnist_dir, check=False)
     assert empty.returncode != 0 and "no finished run on a distorted variant" in empty.stderr

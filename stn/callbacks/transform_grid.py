@@ -9,6 +9,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import make_grid
 
+from stn.pictures import captioned
+
 
 def at_input_size(transformed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """The transformer's output shown at its input's size (nearest neighbour, so no pixels are
@@ -20,8 +22,9 @@ def at_input_size(transformed: torch.Tensor, images: torch.Tensor) -> torch.Tens
 
 class TransformGridLogger(L.Callback):
     """Writes one image per validation epoch: the input grid on the left, the transformed grid on the
-    right, de-normalised with the data's mean/std. With `log_theta`, also how far theta is from the
-    identity and the mean scale it applies (its determinant), as scalars.
+    right, each captioned in the image, de-normalised with the data's mean/std. With `log_theta`,
+    also how far theta is from the identity and the mean scale it applies (its determinant), as
+    scalars.
 
     The batch is the first `num_images` of the (unshuffled) validation set, so epochs are comparable.
     """
@@ -76,8 +79,12 @@ class TransformGridLogger(L.Callback):
         transformed = at_input_size(transformed, images)
         pair = torch.stack([images, transformed]).cpu() * self.std + self.mean  # (2, N, C, H, W)
         grids = [make_grid(part.clamp(0, 1), nrow=self.nrow, padding=2, pad_value=1.0) for part in pair]
-        separator = torch.ones(grids[0].shape[0], grids[0].shape[1], 4)
-        side_by_side = torch.cat([grids[0], separator, grids[1]], dim=2)  # (C, H, 2W + 4)
+        left, right = (
+            captioned(grids[0], "input"),
+            captioned(grids[1], "transformed: what the classifier sees"),
+        )
+        separator = torch.ones(3, left.shape[1], 4)
+        side_by_side = torch.cat([left, separator, right], dim=2)  # (3, caption + H, 2W + 4)
         step = trainer.global_step
         experiment.add_image(self.tag, side_by_side, global_step=step)
         if self.log_theta:

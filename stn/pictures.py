@@ -1,0 +1,37 @@
+"""Pictures that say what they show: a caption drawn into the pixels above an image tensor, or a
+label to the left of each row of a grid, so a PNG or a TensorBoard image needs no README to read."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+BAND = 14  # caption height in pixels (PIL's default bitmap font is about 11 pixels high)
+
+
+def _text_image(text: str, width: int, height: int) -> torch.Tensor:
+    """(3, height, width) black text on white, values in [0, 1]."""
+    image = Image.new("RGB", (max(1, width), height), "white")
+    ImageDraw.Draw(image).text((3, max(0, (height - 11) // 2)), text, fill="black")
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
+
+
+def _rgb(image: torch.Tensor) -> torch.Tensor:
+    return image.expand(3, -1, -1) if image.shape[0] == 1 else image
+
+
+def captioned(image: torch.Tensor, text: str) -> torch.Tensor:
+    """(C, H, W) in [0, 1] -> (3, BAND + H, W) with `text` above it."""
+    image = _rgb(image.cpu())
+    return torch.cat([_text_image(text, image.shape[2], BAND), image], dim=1)
+
+
+def labelled_rows(grid: torch.Tensor, labels: list[str], label_width: int = 96) -> torch.Tensor:
+    """(C, H, W) grid of len(labels) equal rows -> (3, H, label_width + W), each row's label on
+    its left."""
+    grid = _rgb(grid.cpu())
+    row_height = grid.shape[1] // len(labels)
+    column = torch.cat([_text_image(label, label_width, row_height) for label in labels], dim=1)
+    column = torch.nn.functional.pad(column, (0, 0, 0, grid.shape[1] - column.shape[1]), value=1.0)
+    return torch.cat([column, grid], dim=2)

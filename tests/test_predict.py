@@ -1,0 +1,196 @@
+"""Using a trained STN: predicting on image files, the region the transformer sampled, export to
+ONNX and TorchScript, and the model zoo."""
+
+import csv
+import json
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.datasets import MNIST
+
+from stn.data.images import ImageError, to_canvas
+from stn.export import PixelsToPrediction, export_onnx, export_torchscript, run_exported
+from stn.predict import sampled_outline
+from stn.trained import ZOO_DIR, TrainedModel, sha256, zoo_manifest, zoo_model
+from stn.utils.instantiators import build
+from stn.zoo import test_accuracy
+
+from .conftest import compose_config, run, run_rejected
+
+ZOO = zoo_manifest()
+
+
+@pytest.fixture(scope="module")
+def test_digits(mnist_dir: Path) -> list[tuple[Image.Image, int]]:
+    dataset = MNIST(mnist_dir, train=False, download=True)
+    return [dataset[index] for index in range(20)]
+
+
+def test_predict_on_image_files_with_a_zoo_model(tmp_path: Path, mnist_dir: Path, test_digits):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for index, (image, label) in enumerate(test_digits):
+        if index % 2:  # dark ink on light paper, a larger JPEG, as a scan would be
+            paper = Image.eval(image, lambda value: 255 - value).resize((112, 112), Image.BICUBIC)
+            paper.convert("RGB").save(inputs / f"digit{index:02d}_label{label}.jpg", quality=90)
+        else:
+            image.save(inputs / f"digit{index:02d}_label{label}.png")
+    (inputs / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    (inputs / "empty.jpg").write_bytes(b"")
+    Image.new("L", (64, 64), 255).save(inputs / "blank.png")
+    run_dir = tmp_path / "run"
+    run(
+        "stn.predict",
+        "model_name=stn_mnist",
+        f"inputs={inputs}",
+        f"hydra.run.dir={run_dir}",
+        data_dir=mnist_dir,
+    )
+    rows = list(csv.DictReader((run_dir / "predictions.csv").open()))
+    assert len(rows) == 23
+    errors = {Path(row["file"]).name: row["error"] for row in rows if row["error"]}
+    assert errors.keys() == {"corrupt.png", "empty.jpg", "blank.png"}
+    assert "empty file" in errors["empty.jpg"] and "no digit found" in errors["blank.png"]
+    predicted = [row for row in rows if not row["error"]]
+    correct = sum(
+        int(row["prediction"]) == int(Path(row["file"]).stem.split("label")[1]) for row in predicted
+    )
+    assert correct >= 19  # a 99% model on digits brought back to MNIST's own form
+    for row in predicted:
+        assert (row["inverted"] == "True") == row["file"].endswith(".jpg")
+        assert len(row["theta"].split()) == 6 and len(row["top3"].split()) == 3
+        assert Image.open(row["picture"]).size[0] > 2 * 224
+    results = json.loads((run_dir / "predictions.json").read_text())
+    assert results["model"] == "stn_mnist" and len(results["predictions"]) == 23
+
+
+def test_a_model_of_a_distorted_variant_predicts_on_its_own_canvas(
+    tmp_path: Path, mnist_dir: Path, test_digits
+):
+    image, label = test_digits[0]
+    image.save(tmp_path / "digit.png")
+    run_dir = tmp_path / "run"
+    run("stn.predict", "model_name=stn_tc", f"inputs={tmp_path / 'digit.png'}", f"hydra.run.dir={run_dir}",
+        data_dir=mnist_dir)  # fmt: skip
+    (result,) = json.loads((run_dir / "predictions.json").read_text())["predictions"]
+    assert result["prediction"] == label
+    assert zoo_model("stn_tc").canvas == 60
+
+
+def _drawn_digit(canvas_size: tuple[int, int], light_paper: bool) -> Image.Image:
+    paper, ink = ((235, 230, 220), (20, 20, 90)) if light_paper else ((30, 40, 35), (240, 240, 230))
+    image = Image.new("RGB", canvas_size, paper)
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts/ttf/DejaVuSans.ttf"), 60)
+    ImageDraw.Draw(image).text((30, 20), "4", font=font, fill=ink)
+    return image.rotate(10, fillcolor=paper)
+
+
+@pytest.mark.parametrize("light_paper", [True, False])
+def test_a_drawn_digit_comes_to_the_canvas_as_mnist_digits_are(light_paper: bool):
+    grey = torch.from_numpy(
+        np.asarray(_drawn_digit((240, 160), light_paper).convert("L"), dtype=np.float32) / 255
+    )
+    pixels, inverted = to_canvas(grey, 28)
+    assert inverted == light_paper
+    assert pixels.shape == (1, 28, 28) and pixels.max() == pytest.approx(1.0, abs=0.05)
+    ink = pixels[0] > 0.2
+    rows, cols = torch.nonzero(ink.any(1)).flatten(), torch.nonzero(ink.any(0)).flatten()
+    assert max(rows[-1] - rows[0], cols[-1] - cols[0]) + 1 in (19, 20, 21)  # the 20-pixel box
+    mass = pixels[0] / pixels[0].sum()
+    centre = ((mass.sum(1) * (torch.arange(28) + 0.5)).sum(), (mass.sum(0) * (torch.arange(28) + 0.5)).sum())
+    assert all(abs(float(c) - 14) <= 1 for c in centre)  # centre of mass at the centre
+    pixels42, _ = to_canvas(grey, 42)  # a 42x42 model: the same 28x28 digit in the middle
+    torch.testing.assert_close(pixels42[:, 7:35, 7:35], pixels)
+    with pytest.raises(ImageError, match="no digit found"):
+        to_canvas(torch.full((50, 50), 0.9), 28)
+
+
+def _model(name: str) -> TrainedModel:
+    """An untrained model of config `name` whose transformer is not the identity."""
+    cfg = compose_config("train.yaml", [f"model={name}", "trainer.accelerator=cpu"])
+    module = build(cfg, "model").eval()
+    transformer = module.net.transformer
+    if transformer is not None:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            transformer.head.weight.normal_(0, 0.02)
+            transformer.head.bias.add_(torch.randn_like(transformer.head.bias) * 0.05)
+    return TrainedModel(name, module, cfg.model, cfg.data)
+
+
+@pytest.mark.parametrize("name", ["stn", "stn_proj", "stn_tps"])
+def test_the_sampled_outline_of_the_identity_is_the_canvas(name: str):
+    model = _model(name)
+    theta = model.network.transformer.to_theta(model.network.transformer.identity()[None])
+    outline = torch.tensor(sampled_outline(model, theta))  # the border pixels' centres
+    assert outline.min() == pytest.approx(0.5, abs=1e-4) and outline.max() == pytest.approx(27.5, abs=1e-4)
+    zoom = torch.tensor([[[0.5, 0.0, 0.0], [0.0, 0.5, 0.0]]])
+    if name == "stn":
+        half = torch.tensor(sampled_outline(model, zoom))
+        assert half.min() == pytest.approx(7.25, abs=1e-4) and half.max() == pytest.approx(20.75, abs=1e-4)
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("name", ["stn", "stn_proj", "stn_tps", "cnn"])
+def test_exported_models_agree_with_pytorch_on_real_digits(tmp_path: Path, test_digits, name: str, fmt: str):
+    model = _model(name)
+    wrapper = PixelsToPrediction(model.network, model.mean, model.std)
+    pixels = torch.stack(
+        [torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None] for image, _ in test_digits]
+    )
+    path = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'pt'}"
+    names = ["logits"] if model.network.transformer is None else ["logits", "theta"]
+    if fmt == "onnx":
+        export_onnx(wrapper, pixels[:2], path, names)
+    else:
+        export_torchscript(wrapper, pixels[:2], path)
+    with torch.no_grad():
+        expected = wrapper(pixels)  # 20 images: another batch size than the export's example
+    exported = run_exported(path, pixels)
+    assert len(exported) == len(names)
+    for got, want in zip(exported, expected, strict=True):
+        assert float((got - want).abs().max()) < 1e-4
+
+
+def test_export_command_reports_the_largest_difference(tmp_path: Path, mnist_dir: Path):
+    out = tmp_path / "stn.onnx"
+    run(
+        "stn.export", "model_name=stn_rts", f"output_file={out}", "check_images=64",
+        f"hydra.run.dir={tmp_path}", data_dir=mnist_dir,
+    )  # fmt: skip
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["canvas"] == 42 and report["outputs"] == ["logits", "theta"]
+    assert report["largest_difference"] < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["inputs=nowhere/*.png", "model_name=stn_mnist"], "inputs=nowhere/*.png names no file"),
+        (["inputs=.", "model_name=no_such_model"], "model_name=no_such_model is not in the zoo"),
+        (["inputs=.", "model_name=stn_mnist", "ckpt_path=x.ckpt"], "name one model"),
+        (["inputs=.", "model_name=stn_mnist", "invert=maybe"], "invert=maybe is out of range"),
+    ],
+)
+def test_predict_rejects_bad_input_with_one_sentence(tmp_path: Path, mnist_dir: Path, overrides, message):
+    run_rejected("stn.predict", *overrides, f"hydra.run.dir={tmp_path}", data_dir=mnist_dir, message=message)
+
+
+def test_the_zoo_holds_the_four_models_it_promises():
+    assert {"stn_mnist", "cnn_mnist", "stn_rts", "stn_tc"} <= ZOO.keys()
+    for entry in ZOO.values():
+        assert entry["command"].startswith("python -m stn.train")
+        assert 50_000 < entry["bytes"] < 700_000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_each_zoo_model_loads_and_scores_its_manifest_accuracy(name: str, mnist_dir: Path):
+    entry = ZOO[name]
+    assert sha256(ZOO_DIR / entry["weights"]) == entry["sha256"]
+    accuracy = test_accuracy(name, mnist_dir)  # the full test set of the model's own data
+    assert abs(accuracy - entry["test_acc"]) <= 0.0005  # within 0.05 points
