@@ -42,6 +42,8 @@ MODELS = {
     "stn": "ST-CNN Aff",
     "stn_proj": "ST-CNN Proj",
     "stn_tps": "ST-CNN TPS",
+    "ic_stn": "IC-STN Aff",
+    "ic_stn_proj": "IC-STN Proj",
 }
 # test error %, Jaderberg et al. 2015: table 1 (R, RTS, P, E; FCN, ST-FCN Aff, CNN, ST-CNN Aff,
 # Proj, TPS) and the 60x60 cluttered MNIST (TC) results in its text

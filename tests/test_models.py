@@ -6,6 +6,8 @@ from stn.models import (
     ConvClassifier,
     FullyConnectedClassifier,
     FullyConnectedLocalization,
+    InverseCompositionalProjectiveTransformer,
+    InverseCompositionalTransformer,
     LocalizationNet,
     ProjectiveTransformer,
     SpatialTransformer,
@@ -177,3 +179,23 @@ def test_fully_connected_baseline_and_st_fcn():
     localization = (1764 * 32 + 32) + (32 * 32 + 32) + (32 * 6 + 6)  # 42x42 -> 32 -> 32 -> 6
     expected = f"transformer {localization:,}, classifier {classifier:,}, total {classifier + localization:,}"
     assert parameter_counts(st_fcn) == expected
+
+
+@pytest.mark.parametrize("kind", [InverseCompositionalTransformer, InverseCompositionalProjectiveTransformer])
+def test_inverse_compositional_transformer_composes_its_updates(kind):
+    torch.manual_seed(0)
+    transformer = kind(LocalizationNet(), recurrences=3, **MNIST)
+    plain = (
+        ProjectiveTransformer if kind is InverseCompositionalProjectiveTransformer else SpatialTransformer
+    )(LocalizationNet(), **MNIST)
+    assert sum(p.numel() for p in transformer.parameters()) == sum(p.numel() for p in plain.parameters())
+    images = torch.rand(4, 1, 28, 28)
+    warped, theta = transformer(images)  # at initialisation every update is the identity
+    torch.testing.assert_close(warped, images, atol=1e-5, rtol=0)
+    with torch.no_grad():  # every update: the same shift of 0.1 whatever the image
+        transformer.head.weight.zero_()
+        transformer.head.bias[2] += 0.1
+    _, theta = transformer(images)
+    matrix = transformer.as_matrix(theta)
+    torch.testing.assert_close(matrix[:, 0, 2], torch.full((4,), 0.3))  # three shifts composed
+    torch.testing.assert_close(matrix[:, :2, :2], torch.eye(2).expand(4, 2, 2))

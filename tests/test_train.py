@@ -151,3 +151,15 @@ def test_paper_grid_and_table(tmp_path: Path, mnist_dir: Path):
     assert Image.open(tmp_path / "table" / "paper_R.png").size == (96 + 12 * 30 + 2, 2 * 30 + 2)
     empty = run("stn.paper_table", str(tmp_path / "table"), data_dir=mnist_dir, check=False)
     assert empty.returncode != 0 and "no finished run on a distorted variant" in empty.stderr
+
+
+def test_the_inverse_compositional_stn_trains_end_to_end(tmp_path: Path, mnist_dir: Path):
+    run_dir = tmp_path / "run"
+    run("stn.train", *SMALL, "model=ic_stn", "model.transformer.recurrences=2", f"hydra.run.dir={run_dir}",
+        data_dir=mnist_dir)  # fmt: skip
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["test/acc"] > 0.5
+    assert (
+        "Parameters: transformer 5,520, classifier 21,840, total 27,360"
+        in (run_dir / "train.log").read_text()
+    )

@@ -63,9 +63,20 @@ class SpatialTransformer(nn.Module):
     def sampling_grid(self, theta: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
         return affine_grid(theta, size[2], size[3], self.align_corners)  # (N, H, W, 2)
 
-    def warp(self, images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
-        """Sample (N, C, H, W) images at the grid given by theta."""
-        height, width = self.output_size or images.shape[-2:]
+    def as_matrix(self, theta: torch.Tensor) -> torch.Tensor:
+        """theta as (N, 3, 3) homogeneous matrices, so that warps compose by matrix product."""
+        last_row = torch.tensor([0.0, 0.0, 1.0], device=theta.device).expand(theta.shape[0], 1, 3)
+        return torch.cat([theta, last_row], dim=1)
+
+    def from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix[:, :2]  # (N, 2, 3)
+
+    def warp(
+        self, images: torch.Tensor, theta: torch.Tensor, size: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Sample (N, C, H, W) images at the grid given by theta, `size` (default: `output_size`, or
+        the input's) high and wide."""
+        height, width = size or self.output_size or images.shape[-2:]
         size = (images.shape[0], images.shape[1], height, width)
         sampling_grid = self.sampling_grid(theta, size)  # (N, H, W, 2)
         if self.fill_value == 0.0:
@@ -116,6 +127,12 @@ class ProjectiveTransformer(_NormalisedGridTransformer):
     def sampling_grid(self, theta: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
         return homography_grid(theta, size[2], size[3])
 
+    def as_matrix(self, theta: torch.Tensor) -> torch.Tensor:
+        return theta
+
+    def from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix / matrix[:, 2:, 2:]  # (N, 3, 3) with h33 = 1
+
 
 class ThinPlateSplineTransformer(_NormalisedGridTransformer):
     """A thin-plate spline through `points_per_side`^2 control points on a square grid: theta is
@@ -142,3 +159,35 @@ class ThinPlateSplineTransformer(_NormalisedGridTransformer):
         count = self.control.shape[0]
         coefficients = self.system_inverse[:, :count] @ theta  # (N, K + 3, 2)
         return tps_grid(self.control, coefficients, size[2], size[3])
+
+
+class _InverseCompositional:
+    """The inverse compositional STN (Lin and Lucey, CVPR 2017): the same localization net applied
+    `recurrences` times, each time to the original image warped by the transform so far; its
+    output is an update composed onto that transform (a matrix product), and the original is
+    resampled once, at the end, with the composed transform. The parameter count is the plain
+    transformer's, and at initialisation every update is the identity, so the whole is too."""
+
+    def __init__(self, localization: nn.Module, recurrences: int = 4, **kwargs) -> None:
+        self.recurrences = check_argument(
+            type(self), "recurrences", recurrences, lambda v: is_int(v) and v >= 1, "integers >= 1"
+        )
+        super().__init__(localization, **kwargs)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        matrix = torch.eye(3, device=images.device).expand(images.shape[0], 3, 3)  # (N, 3, 3)
+        for step in range(self.recurrences):
+            # what the localization net sees: the original warped so far, at its own size
+            seen = images if step == 0 else self.warp(images, self.from_matrix(matrix), images.shape[-2:])
+            update = self.as_matrix(self.to_theta(self.head(self.localization(seen))))  # (N, 3, 3)
+            matrix = matrix @ update  # first the update, then the transform so far
+        theta = self.from_matrix(matrix)
+        return self.warp(images, theta), theta
+
+
+class InverseCompositionalTransformer(_InverseCompositional, SpatialTransformer):
+    """The inverse compositional STN with affine warps (`model=ic_stn`)."""
+
+
+class InverseCompositionalProjectiveTransformer(_InverseCompositional, ProjectiveTransformer):
+    """The inverse compositional STN with projective warps (`model=ic_stn_proj`)."""
