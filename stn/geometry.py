@@ -123,3 +123,32 @@ def tps_grid(control: torch.Tensor, coefficients: torch.Tensor, height: int, wid
         [_tps_kernel(points, control), torch.ones_like(points[:, :1]), points], dim=1
     )  # (P, K + 3)
     return (basis @ coefficients).view(-1, height, width, 2)
+
+
+def affine_fit(grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The affine map closest (least squares) to an (N, H, W, 2) sampling grid: its (N, 2, 2)
+    linear part and (N, 2) translation, in normalised coordinates. Exact for an affine grid; for
+    a projective or spline grid, the affine part of what it does."""
+    _, height, width, _ = grid.shape
+    points = pixel_centres(height, width, grid.device)  # (P, 2)
+    design = torch.cat([points, torch.ones_like(points[:, :1])], dim=1)  # (P, 3)
+    solution = torch.linalg.pinv(design) @ grid.flatten(1, 2)  # (N, 3, 2): grid ~ design @ solution
+    return solution[:, :2].transpose(1, 2), solution[:, 2]
+
+
+def decompose_linear(linear: torch.Tensor) -> dict[str, torch.Tensor]:
+    """(N, 2, 2) linear maps as (N,) scale (the square root of the area ratio: < 1 zooms in, > 1
+    zooms out, since the grid maps the output onto the input), rotation in degrees, and shear (the
+    QR decomposition's off-diagonal over its second diagonal entry)."""
+    scale = linear.det().abs().sqrt()
+    rotation = torch.rad2deg(torch.atan2(linear[:, 1, 0], linear[:, 0, 0]))
+    _, upper = torch.linalg.qr(linear)
+    shear = upper[:, 0, 1] / upper[:, 1, 1].where(
+        upper[:, 1, 1].abs() > 1e-8, torch.full_like(upper[:, 1, 1], 1e-8)
+    )
+    return {"scale": scale, "rotation": rotation, "shear": shear}
+
+
+def outside_fraction(grid: torch.Tensor) -> torch.Tensor:
+    """(N,) the fraction of an (N, H, W, 2) sampling grid that falls outside the input's canvas."""
+    return (grid.abs() > 1).any(dim=-1).flatten(1).float().mean(dim=1)

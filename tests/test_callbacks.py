@@ -1,14 +1,18 @@
 import io
+import json
 from pathlib import Path
 
 import lightning as L
 import numpy as np
+import torch
 from hydra.utils import instantiate
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from stn.callbacks import TransformGridLogger
+from stn.callbacks import TransformGridLogger, TransformHealth
 from stn.pictures import BAND
+
+from .conftest import TINY, run
 
 
 def test_grid_logger_writes_images_that_read_back(cfg_train, tmp_path: Path):
@@ -40,3 +44,49 @@ def test_grid_logger_writes_images_that_read_back(cfg_train, tmp_path: Path):
     ):  # the words "input", "transformed: ..."
         assert (caption < 100).sum() > 20
     assert {"val/theta_distance_from_identity", "val/theta_scale"} <= set(events.Tags()["scalars"])
+
+
+def test_transform_health_logs_figures_and_stays_quiet_on_a_healthy_run(tmp_path: Path, mnist_dir: Path):
+    run_dir = tmp_path / "run"
+    process = run("stn.train", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", data_dir=mnist_dir)
+    assert "transform collapse" not in process.stderr + process.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.5 < metrics["transform/scale"] < 1.5 and metrics["transform/outside_fraction"] < 0.1
+    assert 0.5 < metrics["transform/background_fraction"] < 0.95  # MNIST digits: ~80% background
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"histograms": 0}).Reload()
+    histograms = set(events.Tags()["histograms"])
+    for figure in ("scale", "rotation", "shear", "translation", "outside_fraction", "background_fraction"):
+        assert f"transform/{figure}" in histograms
+        assert len(events.Histograms(f"transform/{figure}")) == 2  # one per validation epoch
+
+
+def test_a_collapsing_transformer_raises_the_alarm_and_can_stop_the_run(tmp_path: Path, mnist_dir: Path):
+    run_dir = tmp_path / "run"
+    process = run(
+        "stn.train", *TINY, "trainer.max_epochs=3", "model.localization_lr_scale=300",  # loc. lr 3
+        "callbacks.transform_health.stop_on_collapse=true", f"hydra.run.dir={run_dir}", data_dir=mnist_dir,
+    )  # fmt: skip
+    output = process.stderr + process.stdout
+    assert (
+        output.count("transform collapse in epoch 0") == 1 and "epoch 1" not in output.split("collapse")[-1]
+    )
+    assert "localization net's learning rate too high" in output and "The run stops here" in output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["transform/outside_fraction"] > 0.5 and "test/acc" in metrics  # stopped, then tested
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 0  # of the 3 epochs asked for
+
+
+def test_each_threshold_names_its_breach():
+    health = TransformHealth()
+    healthy = {"scale": 1.0, "outside_fraction": 0.0, "background_fraction": 0.8, "theta_finite": 1.0}
+    assert health.breaches(healthy) == []
+    for change, words in (
+        ({"scale": 3.0}, "zooms out"),
+        ({"scale": 0.1}, "zooms into a speck"),
+        ({"outside_fraction": 0.6}, "60% of its sampling grid is outside"),
+        ({"background_fraction": 0.99}, "99.0% of its output is background"),
+        ({"theta_finite": 0.5}, "theta is not finite"),
+    ):
+        (breach,) = health.breaches({**healthy, **change})
+        assert words in breach
