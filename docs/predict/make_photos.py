@@ -19,12 +19,23 @@ FONTS = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
 TYPEFACES = ["DejaVuSans.ttf", "DejaVuSerif-Bold.ttf", "DejaVuSansMono-Oblique.ttf", "STIXGeneralItalic.ttf",
              "cmr10.ttf", "DejaVuSans-BoldOblique.ttf"]  # fmt: skip
 # (digit, typeface, light paper?) for each photo
-PHOTOS = [(7, 0, True), (2, 1, True), (4, 2, True), (3, 3, False), (9, 4, True), (5, 5, True), (1, 4, False), (8, 1, True)]
+PHOTOS = [
+    (7, 0, True),
+    (2, 1, True),
+    (4, 2, True),
+    (3, 3, False),
+    (9, 4, True),
+    (5, 5, True),
+    (1, 4, False),
+    (8, 1, True),
+]
 
 
 def photo(digit: int, typeface: str, light_paper: bool, rng: random.Random) -> Image.Image:
     width, height = rng.randint(220, 360), rng.randint(200, 300)
-    paper = (rng.randint(215, 245), rng.randint(210, 240), rng.randint(190, 225)) if light_paper else (40, 58, 48)
+    paper = (
+        (rng.randint(215, 245), rng.randint(210, 240), rng.randint(190, 225)) if light_paper else (40, 58, 48)
+    )
     ink = (rng.randint(10, 60), rng.randint(10, 50), rng.randint(60, 120)) if light_paper else (235, 235, 225)
     size = rng.randint(80, 150)
     glyph = Image.new("L", (size * 2, size * 2), 0)
