@@ -17,21 +17,27 @@ def _text_image(text: str, width: int, height: int) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)
 
 
-def _rgb(image: torch.Tensor) -> torch.Tensor:
+def rgb(image: torch.Tensor) -> torch.Tensor:
+    """(1 or 3, H, W) -> (3, H, W)."""
     return image.expand(3, -1, -1) if image.shape[0] == 1 else image
 
 
 def captioned(image: torch.Tensor, text: str) -> torch.Tensor:
     """(C, H, W) in [0, 1] -> (3, BAND + H, W) with `text` above it."""
-    image = _rgb(image.cpu())
+    image = rgb(image.cpu())
     return torch.cat([_text_image(text, image.shape[2], BAND), image], dim=1)
 
 
 def labelled_rows(grid: torch.Tensor, labels: list[str], label_width: int = 96) -> torch.Tensor:
     """(C, H, W) grid of len(labels) equal rows -> (3, H, label_width + W), each row's label on
     its left."""
-    grid = _rgb(grid.cpu())
+    grid = rgb(grid.cpu())
     row_height = grid.shape[1] // len(labels)
     column = torch.cat([_text_image(label, label_width, row_height) for label in labels], dim=1)
     column = torch.nn.functional.pad(column, (0, 0, 0, grid.shape[1] - column.shape[1]), value=1.0)
     return torch.cat([column, grid], dim=2)
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [0, 1] as a PIL image."""
+    return Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))

@@ -22,6 +22,7 @@ def test_grid_logger_writes_images_that_read_back(cfg_train, tmp_path: Path):
     callback = TransformGridLogger(num_images=16, nrow=4, mean=0.1307, std=0.3081)
     trainer = L.Trainer(
         accelerator="cpu",
+        default_root_dir=tmp_path,
         max_epochs=2,
         limit_train_batches=3,
         limit_val_batches=2,
@@ -44,6 +45,12 @@ def test_grid_logger_writes_images_that_read_back(cfg_train, tmp_path: Path):
     ):  # the words "input", "transformed: ..."
         assert (caption < 100).sum() > 20
     assert {"val/theta_distance_from_identity", "val/theta_scale"} <= set(events.Tags()["scalars"])
+    # the training as an animation: the same 8 digits at every epoch, in the run folder and TensorBoard
+    strip = Image.open(tmp_path / "transform_history.png")
+    assert strip.height == 3 * (28 + 2 * 2)  # rows: input, epoch 0, epoch 1
+    gif = Image.open(tmp_path / "transform_history.gif")
+    assert gif.n_frames == 2
+    assert len(events.Images("val/transform_history")) == 1
 
 
 def test_transform_health_logs_figures_and_stays_quiet_on_a_healthy_run(tmp_path: Path, mnist_dir: Path):

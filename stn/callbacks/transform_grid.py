@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -9,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import make_grid
 
-from stn.pictures import captioned
+from stn.pictures import captioned, labelled_rows, rgb, to_pil
 
 
 def at_input_size(transformed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -37,6 +39,7 @@ class TransformGridLogger(L.Callback):
         std: float = 1.0,
         log_theta: bool = True,
         tag: str = "val/transformed",
+        history_images: int = 8,
     ) -> None:
         self.num_images = num_images
         self.nrow = nrow
@@ -45,6 +48,8 @@ class TransformGridLogger(L.Callback):
         self.log_theta = log_theta
         self.tag = tag
         self.images: torch.Tensor | None = None
+        self.history_images = history_images
+        self.history: list[tuple[int, torch.Tensor]] = []  # (epoch, the first digits transformed), on the CPU
 
     def _experiment(self, trainer: L.Trainer):
         for logger in trainer.loggers:
@@ -77,6 +82,9 @@ class TransformGridLogger(L.Callback):
             transformed, theta = net.transform(images)
         net.train(was_training)
         transformed = at_input_size(transformed, images)
+        if self.history_images:
+            kept = transformed[: self.history_images].cpu() * self.std + self.mean  # (k, C, H, W)
+            self.history.append((trainer.current_epoch, kept.clamp(0, 1)))
         pair = torch.stack([images, transformed]).cpu() * self.std + self.mean  # (2, N, C, H, W)
         grids = [make_grid(part.clamp(0, 1), nrow=self.nrow, padding=2, pad_value=1.0) for part in pair]
         left, right = (
@@ -94,3 +102,32 @@ class TransformGridLogger(L.Callback):
             if theta.shape[-2:] in ((2, 3), (3, 3)):  # affine or projective: a linear part to measure
                 scale = torch.linalg.det(theta[:, :2, :2]).mean()
                 experiment.add_scalar("val/theta_scale", scale.item(), step)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """The transformer's learning at a glance: the same digits transformed at every epoch, as a
+        PNG strip (a row per epoch) and a GIF (a frame per epoch) in the run folder, and the strip
+        in TensorBoard (`val/transform_history`)."""
+        if not self.history or self.images is None or not trainer.is_global_zero:
+            return
+        inputs = (self.images[: self.history_images].cpu() * self.std + self.mean).clamp(0, 1)
+        rows = [make_grid(inputs, nrow=len(inputs), padding=2, pad_value=1.0)]
+        rows += [make_grid(kept, nrow=len(kept), padding=2, pad_value=1.0) for _, kept in self.history]
+        labels = ["input", *(f"epoch {epoch}" for epoch, _ in self.history)]
+        strip = labelled_rows(torch.cat([rgb(row) for row in rows], dim=1), labels, label_width=64)
+        folder = Path(trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        to_pil(strip).save(folder / "transform_history.png")
+        frames = [
+            to_pil(
+                captioned(
+                    torch.cat([rgb(rows[0]), rgb(row)], dim=1), f"{label}: input above, transformed below"
+                )
+            )
+            for label, row in zip(labels[1:], rows[1:], strict=True)
+        ]
+        frames[0].save(
+            folder / "transform_history.gif", save_all=True, append_images=frames[1:], duration=600, loop=0
+        )
+        experiment = self._experiment(trainer)
+        if experiment is not None:
+            experiment.add_image("val/transform_history", strip, global_step=trainer.global_step)
