@@ -5,9 +5,10 @@
 
 For each image: the predicted class and its probability, the top 3, the transformer's parameters
 (theta), and a picture: the image as brought to the model's canvas (stn/data/images.py) with the
-region the transformer sampled drawn on it, beside what the classifier saw. All results also go to
-predictions.csv and predictions.json in the run folder. An image that cannot be read, or holds no
-digit, is one line of the results with its error; the others still run.
+region the transformer sampled drawn on it, beside what the classifier saw; and both of those at
+their own resolution (`<name>.input.png`, the model's input; `<name>.crop.png`, the warped crop).
+All results also go to predictions.csv and predictions.json in the run folder. An image that
+cannot be read, or holds no digit, is one line of the results with its error; the others still run.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 PANEL = 224  # the pictures' panels, in pixels
 RED = (230, 40, 40)
+MARGIN = (96, 96, 96)  # around the canvas: outside the image
 CAPTION = 18  # the caption band's height
 
 
@@ -53,9 +55,14 @@ def sampled_outline(model: TrainedModel, theta: torch.Tensor | None) -> list[tup
     return [(float(x), float(y)) for x, y in pixels]
 
 
+def _grey(pixels: torch.Tensor) -> Image.Image:
+    """A (H, W) image in [0, 1] as an 8-bit grey image."""
+    return Image.fromarray((pixels.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
+
+
 def _panel(pixels: torch.Tensor) -> Image.Image:
     """A (H, W) image in [0, 1] as an RGB panel PANEL pixels high (nearest neighbour: the pixels show)."""
-    grey = Image.fromarray((pixels.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
+    grey = _grey(pixels)
     scale = PANEL / grey.height
     return grey.resize((round(grey.width * scale), PANEL), Image.NEAREST).convert("RGB")
 
@@ -67,19 +74,25 @@ def picture(
     theta: torch.Tensor | None,
     caption: str,
 ) -> Image.Image:
-    """The input canvas with the sampled region in red, beside what the classifier saw, captioned."""
-    left, right = _panel(canvas_pixels[0]), _panel(seen[0])
+    """The input canvas with the sampled region in red, beside what the classifier saw, captioned.
+    The canvas sits in a grey margin a quarter of its size, so a region that reaches past the
+    canvas (a transformer zooming out or shifting) shows where it goes."""
+    canvas, right = _panel(canvas_pixels[0]), _panel(seen[0])
+    margin = PANEL // 4
+    left = Image.new("RGB", (canvas.width + 2 * margin, canvas.height + 2 * margin), MARGIN)
+    left.paste(canvas, (margin, margin))
     scale = PANEL / model.canvas
-    outline = [(x * scale, y * scale) for x, y in sampled_outline(model, theta)]
+    outline = [(margin + x * scale, margin + y * scale) for x, y in sampled_outline(model, theta)]
     ImageDraw.Draw(left).line([*outline, outline[0]], fill=RED, width=2)
     gap = 8
-    sheet = Image.new("RGB", (left.width + gap + right.width, PANEL + 2 * CAPTION), "white")
+    height = left.height
+    sheet = Image.new("RGB", (left.width + gap + right.width, height + 2 * CAPTION), "white")
     sheet.paste(left, (0, CAPTION))
-    sheet.paste(right, (left.width + gap, CAPTION))
+    sheet.paste(right, (left.width + gap, CAPTION + (height - right.height) // 2))
     draw = ImageDraw.Draw(sheet)
     draw.text((4, 3), f"input, {model.canvas}x{model.canvas} (red: where it looked)", fill="black")
     draw.text((left.width + gap + 4, 3), "what the classifier saw", fill="black")
-    draw.text((4, PANEL + CAPTION + 3), caption, fill="black")
+    draw.text((4, height + CAPTION + 3), caption, fill="black")
     return sheet
 
 
@@ -96,8 +109,12 @@ def predict_image(
     prediction, probability = int(top.indices[0]), float(top.values[0])
     picture_file = out_dir / f"{path.stem}.stn.png"
     caption = f"{path.name}: {prediction} ({100 * probability:.1f}%)" + (", inverted" if inverted else "")
-    seen_pixels = seen[0] * model.std + model.mean  # back to [0, 1] pixels
+    seen_pixels = (seen[0] * model.std + model.mean).clamp(0, 1)  # back to [0, 1] pixels
     picture(model, canvas_pixels, seen_pixels, theta, caption).save(picture_file)
+    # at native resolution: the model's input (white on black, its canvas) and the warped crop
+    canvas_file, crop_file = out_dir / f"{path.stem}.input.png", out_dir / f"{path.stem}.crop.png"
+    _grey(canvas_pixels[0]).save(canvas_file)
+    _grey(seen_pixels[0]).save(crop_file)
     return {
         "file": str(path),
         "prediction": prediction,
@@ -106,6 +123,8 @@ def predict_image(
         "theta": [round(float(v), 6) for v in theta.flatten()] if theta is not None else [],
         "inverted": inverted,
         "picture": str(picture_file),
+        "input": str(canvas_file),
+        "crop": str(crop_file),
         "error": "",
     }
 
@@ -152,6 +171,8 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
             "theta": " ".join(f"{v:.5f}" for v in r.get("theta", [])),
             "inverted": r.get("inverted", ""),
             "picture": r.get("picture", ""),
+            "input": r.get("input", ""),
+            "crop": r.get("crop", ""),
             "error": r["error"],
         }
         for r in results
