@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from stn.errors import user_errors_reported
 from stn.utils.checks import check_config
+from stn.utils.config_tree import show_config
 from stn.utils.instantiators import build, instantiate_group
 from stn.utils.parallel import apply_job_share
 from stn.utils.resume import apply_resume_point
@@ -52,6 +53,9 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
         f"{group}={choices[group]}" for group in ("data", "model", "experiment") if choices.get(group)
     )
     log.info("Run folder: %s%s", cfg.paths.output_dir, f" ({shown})" if shown else "")
+    show_config(
+        cfg, Path(cfg.paths.output_dir) / "config_tree.log", print_it=bool(cfg.get("print_config", True))
+    )
     datamodule = build(cfg, "data")
     model = build(cfg, "model")
     log.info("Parameters: %s", parameter_counts(model.net))

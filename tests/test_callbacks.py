@@ -97,3 +97,20 @@ def test_each_threshold_names_its_breach():
     ):
         (breach,) = health.breaches({**healthy, **change})
         assert words in breach
+
+
+def test_every_logger_and_the_rich_screens_run_offline(tmp_path: Path, mnist_dir: Path):
+    run_dir, log_dir = tmp_path / "run", tmp_path / "outputs"
+    process = run(
+        "stn.train", *TINY, "logger=many", "callbacks=rich", f"paths.log_dir={log_dir}",
+        f"hydra.run.dir={run_dir}", data_dir=mnist_dir,
+    )  # fmt: skip
+    assert "RichModelSummary" not in process.stderr and "┃ Name" in process.stdout + process.stderr
+    assert "train/acc" in (run_dir / "csv" / "metrics.csv").read_text().splitlines()[0]
+    assert EventAccumulator(str(run_dir / "tensorboard")).Reload().Tags()["scalars"]
+    (val_acc,) = (log_dir / "mlruns").rglob("metrics/val/acc")  # one run, its val/acc per epoch
+    assert val_acc.read_text().strip()
+    (offline,) = (run_dir / "wandb").glob("offline-run-*")
+    assert any(offline.glob("*.wandb"))
+    tree = (run_dir / "config_tree.log").read_text()  # the composed config, printed at start and kept
+    assert tree.startswith("CONFIG") and "├── model" in tree and "RichProgressBar" in tree

@@ -12,6 +12,9 @@ from omegaconf import OmegaConf
 from stn.utils.runs import new_run_dir
 
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[2]))
+# logger=mlflow keeps a local file store (outputs/mlruns: no server, no database), which MLflow 3
+# accepts only when asked to
+os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 # cached in the config, so every job of a sweep (and a requeued job) resolves the same folder
 OmegaConf.register_new_resolver("new_dir", new_run_dir, use_cache=True, replace=True)
 
