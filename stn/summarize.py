@@ -5,12 +5,16 @@
 Reads every job folder of the sweep (Hydra's `.hydra/overrides.yaml`, and `metrics.json` once the
 job finished) and writes `summary.md` and `summary.csv`: one row per job with its overrides and
 final metrics, best first, then the failed jobs with their error (from the job's log). Also
-`summary.png`: the metric against each swept parameter, one panel per parameter.
+`summary.png`: the metric against each swept parameter, one panel per parameter, and
+`summary.html`: one static page (no server; images inside it) with the table, the plot, and each
+job's final transformed digits and transform telemetry, so a sweep is read in one place.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import html
 import math
 import re
 import sys
@@ -153,6 +157,78 @@ def write_plot(jobs: list[Job], keys: list[str], metric: str, out: Path) -> Path
     return path
 
 
+PAGE_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
+th { background: #f0f0f0; }
+tr.failed td, tr.diverged td { color: #a00; }
+.jobs { display: flex; flex-wrap: wrap; gap: 16px; }
+.job { border: 1px solid #ccc; border-radius: 6px; padding: 10px; max-width: 360px; }
+.job h3 { margin: 0 0 6px 0; font-size: 15px; }
+.job img { max-width: 340px; image-rendering: pixelated; }
+.note { color: #666; font-size: 13px; }
+"""
+TELEMETRY = ("scale", "rotation", "shear", "translation", "outside_fraction", "background_fraction")
+
+
+def _image_tag(path: Path, alt: str) -> str:
+    """An <img> holding the PNG itself (base64), so the page is one file that opens anywhere."""
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(alt)}">'
+
+
+def write_html(
+    jobs: list[Job], keys: list[str], metrics: list[str], metric: str, out: Path, title: str
+) -> Path:
+    """One static page for the sweep: the table, the metric-vs-parameter plot, and per job its
+    final transformed digits (the run's transform_history.png) and its transform telemetry."""
+    header = ["job", "status", *keys, *metrics, "error"]
+    rows = []
+    for job, cells in zip(jobs, table_rows(jobs, keys, metrics), strict=True):
+        rows.append(
+            f'<tr class="{job.status}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
+        )
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+        f"<style>{PAGE_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p class='note'>{len(jobs)} jobs, ranked by {html.escape(metric)}; "
+        f"{sum(not j.finished for j in jobs)} failed.</p>",
+        "<h2>Jobs</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>",
+        *rows,
+        "</table>",
+    ]
+    plot = out / "summary.png"
+    if plot.is_file():
+        parts += [f"<h2>{html.escape(metric)} against each swept parameter</h2>", _image_tag(plot, "plot")]
+    parts.append("<h2>What each job's transformer does</h2><div class='jobs'>")
+    for job in jobs:
+        overrides = ", ".join(f"{k}={job.overrides[k]}" for k in keys if k in job.overrides)
+        card = [f"<div class='job'><h3>job {html.escape(job.name)}: {html.escape(job.status)}</h3>"]
+        card.append(f"<p class='note'>{html.escape(overrides)}</p>")
+        if job.finished:
+            card.append(f"<p>{html.escape(metric)} = {_fmt(job.metrics.get(metric))}</p>")
+            figures = [(name, job.metrics.get(f"transform/{name}")) for name in TELEMETRY]
+            figures = [(name, value) for name, value in figures if value is not None]
+            if figures:
+                card.append(
+                    "<table>" + "".join(f"<tr><td>{n}</td><td>{_fmt(v)}</td></tr>" for n, v in figures)
+                )
+                card.append("</table>")
+        else:
+            card.append(f"<p class='note'>{html.escape(job.error or '')}</p>")
+        history = job.folder / "transform_history.png"
+        if history.is_file():
+            card.append("<p class='note'>the same digits at every epoch (last row: the final model)</p>")
+            card.append(_image_tag(history, f"job {job.name} transform history"))
+        parts.append("".join(card) + "</div>")
+    parts.append("</div></body></html>")
+    path = out / "summary.html"
+    write_atomically(path, "\n".join(parts) + "\n")
+    return path
+
+
 def sweep_metric(jobs: list[Job]) -> str:
     """The metric the sweep optimised (`optimized_metric` in the jobs' config)."""
     for job in jobs:
@@ -179,6 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     written = [*write_tables(jobs, keys, metrics, out), write_plot(jobs, keys, metric, out)]
+    written.append(write_html(jobs, keys, metrics, metric, out, f"Sweep {args.sweep_dir}"))
     failed = sum(not j.finished for j in jobs)
     print((out / "summary.md").read_text())
     print(f"{len(jobs)} jobs ({failed} failed), ranked by {metric} ({args.mode}); wrote", end=" ")

@@ -4,9 +4,14 @@ interval arithmetic."""
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from stn.paper_table import MATCH, T_975, cell, confidence_interval
 from stn.summarize import main as summarize
@@ -35,6 +40,41 @@ def test_summary_ranks_jobs_and_lists_the_failed_one(tmp_path: Path, mnist_dir: 
     assert rows[2][2] == "9" and "model.localization.depth=9 is out of range" in rows[2][-1]
     assert (sweep / "summary.csv").read_text().count("\n") == 4
     assert (sweep / "summary.png").stat().st_size > 0
+    check_the_html_page(sweep / "summary.html", tmp_path / "screenshot.png")
+
+
+class _Page(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows, self.images, self.cards = 0, [], 0
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        self.rows += tag == "tr" and attributes.get("class") in ("ok", "failed", "diverged")
+        self.cards += tag == "div" and attributes.get("class") == "job"
+        if tag == "img":
+            self.images.append(attributes["src"])
+
+
+def check_the_html_page(page: Path, screenshot: Path) -> None:
+    """The sweep's page: a row and a card per job, its pictures inside it; rendered by a real
+    headless browser where one is installed (Debian's chromium)."""
+    text = page.read_text()
+    parsed = _Page()
+    parsed.feed(text)
+    assert parsed.rows == 3 and parsed.cards == 3
+    assert len(parsed.images) == 3 and all(src.startswith("data:image/png;base64,") for src in parsed.images)
+    assert "outside_fraction" in text and "model.localization.depth=9 is out of range" in text
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        return
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={screenshot}",
+         "--window-size=1200,1600", page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    pixels = np.asarray(Image.open(screenshot).convert("L"))
+    assert pixels.shape == (1600, 1200) and pixels.std() > 10  # a rendered page, not a blank one
 
 
 def test_summary_of_a_folder_without_runs_is_one_sentence(tmp_path: Path, capsys):
