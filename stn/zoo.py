@@ -45,7 +45,7 @@ def best_checkpoint(run_dir: Path) -> Path:
     return candidates[0]
 
 
-def test_accuracy(name: str, data_dir: Path, zoo_dir: Path = ZOO_DIR) -> float:
+def accuracy_on_test_set(name: str, data_dir: Path, zoo_dir: Path = ZOO_DIR) -> float:
     """The zoo model's accuracy on the full test set of its data, on this machine's CPU."""
     trained = zoo_model(name, zoo_dir)
     data = OmegaConf.merge(trained.data_config, {"data_dir": str(data_dir)})
@@ -83,7 +83,7 @@ def add(name: str, run_dir: Path, data_dir: Path, zoo_dir: Path = ZOO_DIR) -> di
     manifest = zoo_manifest(zoo_dir)
     manifest[name] = entry
     write_manifest(manifest, zoo_dir)
-    entry["test_acc"] = round(test_accuracy(name, data_dir, zoo_dir), 6)  # of the zoo copy, as loaded
+    entry["test_acc"] = round(accuracy_on_test_set(name, data_dir, zoo_dir), 6)  # of the zoo copy, as loaded
     write_manifest(manifest, zoo_dir)
     return entry
 

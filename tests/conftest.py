@@ -80,6 +80,7 @@ def small_run(cfg: DictConfig, output_dir: Path, data_dir: Path) -> DictConfig:
     """Point a composed config at a temporary run folder, the test data and a small subset."""
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
+        cfg.paths.log_dir = str(output_dir)  # where loggers that keep one store write (logger=mlflow)
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = 0
         cfg.data.data_dir = str(data_dir)

@@ -17,7 +17,7 @@ from stn.export import PixelsToPrediction, export_onnx, export_torchscript, run_
 from stn.predict import sampled_outline
 from stn.trained import ZOO_DIR, TrainedModel, sha256, zoo_manifest, zoo_model
 from stn.utils.instantiators import build
-from stn.zoo import test_accuracy
+from stn.zoo import accuracy_on_test_set
 
 from .conftest import compose_config, run, run_rejected
 
@@ -192,5 +192,5 @@ def test_the_zoo_holds_the_four_models_it_promises():
 def test_each_zoo_model_loads_and_scores_its_manifest_accuracy(name: str, mnist_dir: Path):
     entry = ZOO[name]
     assert sha256(ZOO_DIR / entry["weights"]) == entry["sha256"]
-    accuracy = test_accuracy(name, mnist_dir)  # the full test set of the model's own data
+    accuracy = accuracy_on_test_set(name, mnist_dir)  # the full test set of the model's own data
     assert abs(accuracy - entry["test_acc"]) <= 0.0005  # within 0.05 points
