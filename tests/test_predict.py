@@ -194,3 +194,15 @@ def test_each_zoo_model_loads_and_scores_its_manifest_accuracy(name: str, mnist_
     assert sha256(ZOO_DIR / entry["weights"]) == entry["sha256"]
     accuracy = accuracy_on_test_set(name, mnist_dir)  # the full test set of the model's own data
     assert abs(accuracy - entry["test_acc"]) <= 0.0005  # within 0.05 points
+
+
+def test_eval_scores_a_zoo_model_on_its_own_data(tmp_path: Path, mnist_dir: Path):
+    output = run(
+        "stn.eval", "model_name=stn_rts", "data.test_subset=256", "trainer.accelerator=cpu",
+        f"hydra.run.dir={tmp_path}", data_dir=mnist_dir,
+    ).stdout  # fmt: skip
+    assert "test/acc" in output and "0.9" in output  # 42x42 RTS digits: the model's own test set
+    run_rejected(
+        "stn.eval", "model_name=stn_rts", "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path / 'both'}",
+        data_dir=mnist_dir, message="name one model",
+    )  # fmt: skip
