@@ -44,8 +44,9 @@ class PixelsToPrediction(nn.Module):
 
     def __init__(self, network: nn.Module, mean: float, std: float) -> None:
         super().__init__()
-        self.network = copy.deepcopy(network).to(memory_format=torch.contiguous_format).eval()
+        self.network = copy.deepcopy(network).to(memory_format=torch.contiguous_format)
         self.mean, self.std = mean, std
+        self.eval()  # dropout off: the exported model is for inference
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         seen, theta = self.network.transform((pixels - self.mean) / self.std)

@@ -22,6 +22,7 @@ from stn.zoo import accuracy_on_test_set
 from .conftest import compose_config, run, run_rejected
 
 ZOO = zoo_manifest()
+PHOTOS = ZOO_DIR.parent / "docs" / "predict" / "photos"  # photo-like digits (docs/predict/make_photos.py)
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +172,9 @@ def test_export_command_reports_the_largest_difference(tmp_path: Path, mnist_dir
     ("overrides", "message"),
     [
         (["inputs=nowhere/*.png", "model_name=stn_mnist"], "inputs=nowhere/*.png names no file"),
-        (["inputs=.", "model_name=no_such_model"], "model_name=no_such_model is not in the zoo"),
-        (["inputs=.", "model_name=stn_mnist", "ckpt_path=x.ckpt"], "name one model"),
-        (["inputs=.", "model_name=stn_mnist", "invert=maybe"], "invert=maybe is out of range"),
+        ([f"inputs={PHOTOS}", "model_name=no_such_model"], "model_name=no_such_model is not in the zoo"),
+        ([f"inputs={PHOTOS}", "model_name=stn_mnist", "ckpt_path=x.ckpt"], "name one model"),
+        ([f"inputs={PHOTOS}", "model_name=stn_mnist", "invert=maybe"], "invert=maybe is out of range"),
     ],
 )
 def test_predict_rejects_bad_input_with_one_sentence(tmp_path: Path, mnist_dir: Path, overrides, message):
