@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import pytest
@@ -172,3 +173,12 @@ def test_paper_schedule_gives_tc_more_epochs():
         HydraConfig().set_config(cfg)
         assert cfg.trainer.max_epochs == epochs
         assert cfg.model.optimizer._target_ == "torch.optim.Adam"
+
+
+@pytest.mark.parametrize(("experiment", "jobs"), [("paper_grid", 8 * 5 * 3), ("paper_grid_cpu", 2 * 2 * 3)])
+def test_the_paper_grid_is_one_command(experiment: str, jobs: int):
+    cfg = compose_config("train.yaml", [f"experiment={experiment}"])
+    params = cfg.hydra.sweeper.params
+    assert math.prod(len(str(params[key]).split(",")) for key in ("data", "model", "seed")) == jobs
+    assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
+    assert cfg.model.optimizer._target_ == "torch.optim.Adam"  # the paper recipe underneath
