@@ -49,7 +49,7 @@ def evaluate_zoo_model(cfg: DictConfig) -> dict[str, float]:
         for key in ("data_dir", "test_subset", "batch_size", "fast_path")
         if key in cfg.data
     }
-    cfg.data = OmegaConf.merge(trained.data_config, keep)
+    cfg.data = trained.data(**keep)
     cfg.model = trained.model_config
     check_config(cfg)
     datamodule = build(cfg, "data")

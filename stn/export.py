@@ -24,12 +24,11 @@ from pathlib import Path
 
 import hydra
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import nn
 
 from stn.errors import ConfigError, UserError, user_errors_reported
 from stn.trained import TrainedModel, trained_model
-from stn.utils.instantiators import build
 from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)
@@ -89,8 +88,7 @@ def run_exported(path: Path, pixels: torch.Tensor) -> list[torch.Tensor]:
 
 def test_pixels(model: TrainedModel, data_dir: str, count: int) -> torch.Tensor:
     """`count` real MNIST test digits on the model's canvas, as pixels in [0, 1]."""
-    data = OmegaConf.merge(model.data_config, {"data_dir": data_dir, "test_subset": count, "download": True})
-    datamodule = build(OmegaConf.create({"data": data}), "data")
+    datamodule = model.datamodule(data_dir=data_dir, test_subset=count, download=True)
     datamodule.prepare_data()
     datamodule.setup("test")
     images, _ = datamodule.test_set.batch(slice(0, count))  # normalised

@@ -53,6 +53,14 @@ class TrainedModel:
         """The side of the square images it was trained on (28; 42 RTS; 60 TC)."""
         return int(self.data_config.get("image_size", 28))
 
+    def data(self, **overrides: Any) -> DictConfig:
+        """The data config it was trained on, with this machine's settings (data_dir, subsets) over it."""
+        return OmegaConf.merge(self.data_config, overrides)
+
+    def datamodule(self, **overrides: Any) -> L.LightningDataModule:
+        """The datamodule of the data it was trained on (its canvas, its distortion, its test set)."""
+        return build(OmegaConf.create({"data": self.data(**overrides)}), "data")
+
     @property
     def mean(self) -> float:
         return float(self.data_config.mean)

@@ -32,7 +32,6 @@ from stn.trained import (
     zoo_manifest,
     zoo_model,
 )
-from stn.utils.instantiators import build
 
 
 def best_checkpoint(run_dir: Path) -> Path:
@@ -48,8 +47,7 @@ def best_checkpoint(run_dir: Path) -> Path:
 def accuracy_on_test_set(name: str, data_dir: Path, zoo_dir: Path = ZOO_DIR) -> float:
     """The zoo model's accuracy on the full test set of its data, on this machine's CPU."""
     trained = zoo_model(name, zoo_dir)
-    data = OmegaConf.merge(trained.data_config, {"data_dir": str(data_dir)})
-    datamodule = build(OmegaConf.create({"data": data}), "data")
+    datamodule = trained.datamodule(data_dir=str(data_dir))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     trainer.test(trained.module, datamodule=datamodule, verbose=False)
     return float(trainer.callback_metrics["test/acc"])

@@ -73,8 +73,12 @@ class TransformHealth(L.Callback):
         self.background_level = background_level
         self.stop_on_collapse = stop_on_collapse
         self.alarms: list[str] = []  # every alarm raised, in order (for tests and callers)
+        self.images: torch.Tensor | None = None  # the first validation images, read once
 
     def _validation_images(self, trainer: L.Trainer, device: torch.device) -> torch.Tensor | None:
+        """The first `max_images` validation images (unshuffled: the same every epoch), read once."""
+        if self.images is not None:
+            return self.images.to(device)
         loader = trainer.val_dataloaders
         if isinstance(loader, list | tuple):
             loader = loader[0] if loader else None
@@ -87,7 +91,8 @@ class TransformHealth(L.Callback):
             count += len(images)
             if count >= self.max_images:
                 break
-        return torch.cat(chunks)[: self.max_images] if chunks else None
+        self.images = torch.cat(chunks)[: self.max_images] if chunks else None
+        return self.images
 
     def breaches(self, means: dict[str, float]) -> list[str]:
         """What is wrong with an epoch's mean figures, one phrase each (empty: healthy)."""

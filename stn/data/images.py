@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from stn.data.distortions import MNIST_SIZE
 from stn.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
-MNIST_SIZE = 28
 DIGIT_BOX = 20  # MNIST's box for the digit's longer side
 INK = 0.2  # after stretching: what counts as ink when cropping and locating the digit
 
