@@ -46,10 +46,11 @@ MODELS = {
     "ic_stn_proj": "IC-STN Proj",
 }
 # test error %, Jaderberg et al. 2015: table 1 (R, RTS, P, E; FCN, ST-FCN Aff, CNN, ST-CNN Aff,
-# Proj, TPS) and the 60x60 cluttered MNIST (TC) results in its text
+# Proj, TPS) and the 60x60 cluttered MNIST (TC) results in its text (sec. 4.1: "an FCN gets 13.2%
+# error, a CNN gets 3.5% error, while an ST-FCN gets 2.0% error and an ST-CNN gets 1.7% error")
 PAPER = {
     "fcn": {"R": 2.1, "RTS": 5.2, "P": 3.1, "E": 3.2, "TC": 13.2},
-    "st_fcn": {"R": 1.2, "RTS": 0.8, "P": 1.5, "E": 2.7},
+    "st_fcn": {"R": 1.2, "RTS": 0.8, "P": 1.5, "E": 2.7, "TC": 2.0},
     "cnn": {"R": 1.2, "RTS": 0.8, "P": 1.5, "E": 1.4, "TC": 3.5},
     "stn": {"R": 0.7, "RTS": 0.5, "P": 0.8, "E": 1.2, "TC": 1.7},
     "stn_proj": {"R": 0.8, "RTS": 0.6, "P": 0.8, "E": 1.3},

@@ -210,3 +210,37 @@ def test_inverted_distortion_range_is_rejected_at_start():
     cfg = compose_config("train.yaml", ["data=mnist_rot", "data.distortion.degrees=[-200,90]"])
     with pytest.raises(ConfigError, match=r"^data.distortion.degrees=\[-200, 90\] is out of range"):
         check_and_build(cfg)
+
+
+# The paper's definitions (Jaderberg et al. 2015, sec. 4.1 and appendix A.4), written out here
+# rather than read from the code, so a config that drifts from the paper fails: per `data=`, the
+# distortion's class, its canvas and its ranges.
+PAPER_DISTORTIONS = {
+    "rot": (Rotation, 28, {"degrees": (-90.0, 90.0)}),
+    "rts": (RotationScaleTranslation, 42, {"degrees": (-45.0, 45.0), "scale": (0.7, 1.2)}),
+    "proj": (Projective, 28, {"scale": (0.75, 1.0), "corner_std_px": 5.0}),
+    "elastic": (Elastic, 28, {"points_per_side": 4, "control_std_px": 1.5}),  # 16 control points
+    "cluttered": (Cluttered, 60, {"clutter_pieces": 6, "piece_size": 6}),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(PAPER_DISTORTIONS))
+def test_each_data_config_is_the_papers_distortion(variant: str, digits: torch.Tensor):
+    cls, canvas, ranges = PAPER_DISTORTIONS[variant]
+    cfg = compose_config("train.yaml", [f"data=mnist_{variant}"])
+    distortion = instantiate(cfg.data.distortion)
+    assert type(distortion) is cls
+    assert distortion.canvas_size == canvas == cfg.data.image_size
+    for key, value in ranges.items():
+        assert getattr(distortion, key) == pytest.approx(value), key
+    # what it draws stays in the paper's ranges and fills them
+    _, params = distortion(digits, seeded(4))
+    for key in ("degrees", "scale"):
+        if key in ranges:
+            low, high = ranges[key]
+            assert low <= params[key].min() and params[key].max() <= high
+            assert params[key].max() - params[key].min() > 0.8 * (high - low)
+    if "digit_top" in params:  # anywhere on the canvas the whole digit fits
+        assert params["digit_top"].max() > 0.8 * (canvas - 28) and params["digit_top"].min() < 0.2 * (
+            canvas - 28
+        )

@@ -1,0 +1,162 @@
+"""Test error against training length for cells of the STN paper's table, over seeds.
+
+    python -m benchmarks.paper_length                  # CNN, ST-CNN Aff on RTS and TC; 1, 2, 4 epochs
+    python -m benchmarks.paper_length --lengths 1 2 4 8 --jobs 2
+    python -m benchmarks.paper_length --report-only --out docs/paper   # from finished runs
+
+Each length is its own run of `experiment=paper` (one-cycle over the whole run, so every point is
+a finished schedule of that length, not the middle of a longer one): one Hydra multirun per
+length, `data x model x seed`, in `<runs>/epochs_<L>/`, through the joblib launcher. A length
+whose runs have all finished is read, not repeated. Then writes `error_vs_length.md` / `.csv`
+(mean test error % ± the half-width of its 95% confidence interval over seeds, t distribution)
+and `error_vs_length.png` (one panel per variant, the paper's error as a dashed line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from benchmarks.machine import describe_machine
+from stn.paper_table import MODELS, PAPER, PAPER_COLUMNS, Run, confidence_interval, find_runs
+from stn.utils.runs import csv_text, write_atomically
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_length(
+    epochs: int, variants: list[str], models: list[str], seeds: list[int], jobs: int, runs: Path
+) -> None:
+    """One multirun: every variant x model x seed trained for `epochs` epochs."""
+    folder = runs / f"epochs_{epochs}"
+    expected = len(variants) * len(models) * len(seeds)
+    if folder.is_dir() and len(find_runs(folder)) >= expected:
+        print(f"epochs={epochs}: {expected} runs already finished in {folder}", flush=True)
+        return
+    command = [
+        sys.executable,
+        "-m",
+        "stn.train",
+        "--multirun",
+        "experiment=paper_grid",
+        f"data={','.join(variants)}",
+        f"model={','.join(models)}",
+        f"seed={','.join(map(str, seeds))}",
+        *(f"paper_epochs.{variant}={epochs}" for variant in variants),
+        f"hydra.launcher.n_jobs={jobs}",
+        f"hydra.sweep.dir={folder}",
+        "callbacks.progress_bar.refresh_rate=0",
+    ]
+    print("$", " ".join(command[1:]), flush=True)
+    subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+
+
+def by_cell(runs: list[Run]) -> dict[tuple[str, str], dict[int, list[float]]]:
+    """(model, variant) -> epochs -> test errors % over seeds."""
+    cells: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        cells[run.model, run.variant][int(run.config.trainer.max_epochs)].append(run.error)
+    return cells
+
+
+def write_report(runs: list[Run], out: Path) -> str:
+    """error_vs_length.md / .csv / .png from finished runs; returns the Markdown."""
+    cells = by_cell(runs)
+    lengths = sorted({epochs for per_length in cells.values() for epochs in per_length})
+    variants = [v for v in PAPER_COLUMNS.values() if any(variant == v for _, variant in cells)]
+    rows = [["model", "variant", "epochs", "seeds", "error_mean", "ci95_half_width", "paper"]]
+    header = "| model | variant | paper | " + " | ".join(f"{epochs} ep" for epochs in lengths) + " |"
+    lines = [
+        "Test error % against training length: mean ± 95% CI half-width over seeds (n), one run per "
+        "length (one-cycle over the whole run)",
+        "",
+        header,
+        "| --- " * (3 + len(lengths)) + "|",
+    ]
+    for (model, variant), per_length in sorted(cells.items(), key=lambda item: (item[0][1], item[0][0])):
+        paper = PAPER.get(model, {}).get(variant)
+        texts = []
+        for epochs in lengths:
+            errors = per_length.get(epochs, [])
+            if not errors:
+                texts.append("")
+                continue
+            mean, half_width = confidence_interval(errors)
+            texts.append(f"{mean:.2f} ± {half_width:.2f} (n={len(errors)})")
+            rows.append([model, variant, epochs, len(errors), f"{mean:.3f}", f"{half_width:.3f}", paper])
+        paper_text = "—" if paper is None else f"{paper}"
+        lines.append(f"| {MODELS.get(model, model)} | {variant} | {paper_text} | " + " | ".join(texts) + " |")
+    write_atomically(out / "error_vs_length.md", "\n".join(lines) + "\n")
+    write_atomically(out / "error_vs_length.csv", csv_text(rows))
+    plot(cells, variants, out / "error_vs_length.png")
+    return "\n".join(lines)
+
+
+def plot(cells: dict[tuple[str, str], dict[int, list[float]]], variants: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(variants), figsize=(4.5 * len(variants), 3.8), squeeze=False)
+    for axis, variant in zip(axes[0], variants, strict=True):
+        models = sorted(model for model, v in cells if v == variant)
+        for index, model in enumerate(models):
+            per_length = cells[model, variant]
+            lengths = sorted(per_length)
+            means, half_widths = zip(*(confidence_interval(per_length[e]) for e in lengths), strict=True)
+            color = f"C{index}"
+            label = f"{MODELS.get(model, model)} (n={max(len(per_length[e]) for e in lengths)})"
+            axis.errorbar(lengths, means, yerr=half_widths, marker="o", capsize=3, color=color, label=label)
+            paper = PAPER.get(model, {}).get(variant)
+            if paper is not None:
+                axis.axhline(paper, color=color, linestyle="--", linewidth=1, label=f"paper {paper}%")
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xticks(sorted({e for m in models for e in cells[m, variant]}))
+        axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.set_title(f"{variant}: test error vs epochs")
+        axis.set_xlabel("epochs (one-cycle over the run)")
+        axis.set_ylabel("test error % (95% CI over seeds)")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--lengths", nargs="+", type=int, default=[1, 2, 4], help="epochs per run")
+    parser.add_argument(
+        "--variants", nargs="+", default=["mnist_rts", "mnist_cluttered"], choices=list(PAPER_COLUMNS)
+    )
+    parser.add_argument("--models", nargs="+", default=["cnn", "stn"], choices=list(MODELS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="runs at a time (joblib); each gets cores/jobs threads"
+    )
+    parser.add_argument("--runs", type=Path, default=ROOT / "outputs" / "paper_length", help="run folders")
+    parser.add_argument("--out", type=Path, help="where the table and figure go (default: --runs)")
+    parser.add_argument("--report-only", action="store_true", help="only read finished runs")
+    args = parser.parse_args()
+    print(describe_machine(), flush=True)
+    if not args.report_only:
+        for epochs in args.lengths:
+            run_length(epochs, args.variants, args.models, args.seeds, args.jobs, args.runs)
+    runs = [r for r in find_runs(args.runs) if int(r.config.trainer.max_epochs) in args.lengths]
+    if not runs:
+        raise SystemExit(f"error: no finished run below {args.runs}")
+    out = args.out or args.runs
+    out.mkdir(parents=True, exist_ok=True)
+    print(write_report(runs, out))
+    print(f"wrote {out / 'error_vs_length.md'}, .csv and .png ({len(runs)} runs)")
+
+
+if __name__ == "__main__":
+    main()
