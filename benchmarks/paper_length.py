@@ -6,10 +6,11 @@
 
 Each length is its own run of `experiment=paper` (one-cycle over the whole run, so every point is
 a finished schedule of that length, not the middle of a longer one): one Hydra multirun per
-length, `data x model x seed`, in `<runs>/epochs_<L>/`, through the joblib launcher. A length
-whose runs have all finished is read, not repeated. Then writes `error_vs_length.md` / `.csv`
-(mean test error % ± the half-width of its 95% confidence interval over seeds, t distribution)
-and `error_vs_length.png` (one panel per variant, the paper's error as a dashed line).
+length, `data x model x seed`, in `<runs>/epochs_<L>/<variants>/`, through the joblib launcher.
+Runs that have finished (anywhere below `--runs`) are read, not repeated. Then writes
+`error_vs_length.md` / `.csv` (mean test error % ± the half-width of its 95% confidence interval
+over seeds, t distribution) and `error_vs_length.png` (one panel per variant, the paper's error as
+a dashed line).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.machine import describe_machine
-from stn.paper_table import MODELS, PAPER, PAPER_COLUMNS, Run, confidence_interval, find_runs
+from stn.paper_table import MATCH, MODELS, PAPER, PAPER_COLUMNS, Run, cell, confidence_interval, find_runs
 from stn.utils.runs import csv_text, write_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,12 +31,14 @@ ROOT = Path(__file__).resolve().parents[1]
 def run_length(
     epochs: int, variants: list[str], models: list[str], seeds: list[int], jobs: int, runs: Path
 ) -> None:
-    """One multirun: every variant x model x seed trained for `epochs` epochs."""
-    folder = runs / f"epochs_{epochs}"
-    expected = len(variants) * len(models) * len(seeds)
-    if folder.is_dir() and len(find_runs(folder)) >= expected:
-        print(f"epochs={epochs}: {expected} runs already finished in {folder}", flush=True)
+    """One multirun: every variant x model x seed trained for `epochs` epochs, unless all of them
+    have already finished somewhere below `runs`."""
+    finished = {(r.variant, r.model, r.seed) for r in find_runs(runs) if epochs_of(r) == epochs}
+    wanted = {(PAPER_COLUMNS[v], m, s) for v in variants for m in models for s in seeds}
+    if wanted <= finished:
+        print(f"epochs={epochs}: all {len(wanted)} runs already finished below {runs}", flush=True)
         return
+    folder = runs / f"epochs_{epochs}" / "-".join(variants)
     command = [
         sys.executable,
         "-m",
@@ -54,11 +57,15 @@ def run_length(
     subprocess.run(command, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
 
 
+def epochs_of(run: Run) -> int:
+    return int(run.config.trainer.max_epochs)
+
+
 def by_cell(runs: list[Run]) -> dict[tuple[str, str], dict[int, list[float]]]:
     """(model, variant) -> epochs -> test errors % over seeds."""
     cells: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for run in runs:
-        cells[run.model, run.variant][int(run.config.trainer.max_epochs)].append(run.error)
+        cells[run.model, run.variant][epochs_of(run)].append(run.error)
     return cells
 
 
@@ -71,7 +78,7 @@ def write_report(runs: list[Run], out: Path) -> str:
     header = "| model | variant | paper | " + " | ".join(f"{epochs} ep" for epochs in lengths) + " |"
     lines = [
         "Test error % against training length: mean ± 95% CI half-width over seeds (n), one run per "
-        "length (one-cycle over the whole run)",
+        f"length (one-cycle over the whole run); {MATCH} where it reaches the paper's error",
         "",
         header,
         "| --- " * (3 + len(lengths)) + "|",
@@ -85,7 +92,7 @@ def write_report(runs: list[Run], out: Path) -> str:
                 texts.append("")
                 continue
             mean, half_width = confidence_interval(errors)
-            texts.append(f"{mean:.2f} ± {half_width:.2f} (n={len(errors)})")
+            texts.append(cell(errors, paper))
             rows.append([model, variant, epochs, len(errors), f"{mean:.3f}", f"{half_width:.3f}", paper])
         paper_text = "—" if paper is None else f"{paper}"
         lines.append(f"| {MODELS.get(model, model)} | {variant} | {paper_text} | " + " | ".join(texts) + " |")
@@ -113,11 +120,15 @@ def plot(cells: dict[tuple[str, str], dict[int, list[float]]], variants: list[st
             axis.errorbar(lengths, means, yerr=half_widths, marker="o", capsize=3, color=color, label=label)
             paper = PAPER.get(model, {}).get(variant)
             if paper is not None:
-                axis.axhline(paper, color=color, linestyle="--", linewidth=1, label=f"paper {paper}%")
+                name = MODELS.get(model, model)
+                axis.axhline(paper, color=color, linestyle="--", linewidth=1, label=f"paper {name}: {paper}%")
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
         axis.set_xticks(sorted({e for m in models for e in cells[m, variant]}))
         axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.set_yticks([0.5, 1, 2, 5, 10, 20, 50])
+        axis.get_yaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.get_yaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_title(f"{variant}: test error vs epochs")
         axis.set_xlabel("epochs (one-cycle over the run)")
         axis.set_ylabel("test error % (95% CI over seeds)")
@@ -149,7 +160,7 @@ def main() -> None:
     if not args.report_only:
         for epochs in args.lengths:
             run_length(epochs, args.variants, args.models, args.seeds, args.jobs, args.runs)
-    runs = [r for r in find_runs(args.runs) if int(r.config.trainer.max_epochs) in args.lengths]
+    runs = [r for r in find_runs(args.runs) if epochs_of(r) in args.lengths]
     if not runs:
         raise SystemExit(f"error: no finished run below {args.runs}")
     out = args.out or args.runs

@@ -151,6 +151,15 @@ def test_paper_grid_and_table(tmp_path: Path, mnist_dir: Path):
     assert Image.open(tmp_path / "table" / "paper_R.png").size == (96 + 12 * 30 + 2, 2 * 30 + 2)
     empty = run("stn.paper_table", str(tmp_path / "table"), data_dir=mnist_dir, check=False)
     assert empty.returncode != 0 and "no finished run on a distorted variant" in empty.stderr
+    # the same runs as error against training length: one column per length, the paper's error
+    length = tmp_path / "length"
+    run("benchmarks.paper_length", "--report-only", "--runs", str(sweep_dir), "--lengths", "1",
+        "--out", str(length), data_dir=mnist_dir)  # fmt: skip
+    lines = (length / "error_vs_length.md").read_text().splitlines()
+    assert "| model | variant | paper | 1 ep |" in lines
+    assert any(line.startswith("| ST-CNN Aff | R | 0.7 | ") and "(n=1)" in line for line in lines)
+    assert len((length / "error_vs_length.csv").read_text().splitlines()) == 3
+    assert Image.open(length / "error_vs_length.png").size[0] > 300
 
 
 def test_the_inverse_compositional_stn_trains_end_to_end(tmp_path: Path, mnist_dir: Path):
