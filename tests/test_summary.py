@@ -90,6 +90,7 @@ def test_the_paper_table_cell_is_a_t_interval_marked_against_the_paper():
     assert cell([1.0, 1.2, 1.1], paper=0.7) == "1.10 ± 0.25 (n=3)"  # 0.85..1.35: above the paper
     assert cell([1.0, 1.2, 1.1], paper=0.9) == f"1.10 ± 0.25 (n=3) {MATCH}"  # reaches 0.9
     assert cell([0.5], paper=0.7) == f"0.50 (n=1) {MATCH}"  # below it
+    assert cell([0.1, 5.0], paper=1.0) == "2.55 ± 31.13 (n=2)"  # reaches it, but resolves nothing
     assert cell([0.5]) == "0.50 (n=1)" and cell([]) == ""
 
 
