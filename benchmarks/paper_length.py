@@ -117,7 +117,14 @@ def plot(cells: dict[tuple[str, str], dict[int, list[float]]], variants: list[st
             means, half_widths = zip(*(confidence_interval(per_length[e]) for e in lengths), strict=True)
             color = f"C{index}"
             label = f"{MODELS.get(model, model)} (n={max(len(per_length[e]) for e in lengths)})"
-            axis.errorbar(lengths, means, yerr=half_widths, marker="o", capsize=3, color=color, label=label)
+            # the interval's lower end clipped at the best seed: a log axis has no room below 0
+            best = [min(per_length[e]) for e in lengths]
+            lower = [min(h, m - b) for m, h, b in zip(means, half_widths, best, strict=True)]
+            axis.errorbar(
+                lengths, means, yerr=[lower, half_widths], marker="o", capsize=3, color=color, label=label
+            )
+            seeds = [(e, error) for e in lengths for error in per_length[e]]
+            axis.scatter(*zip(*seeds, strict=True), s=10, color=color, alpha=0.4)  # each seed
             paper = PAPER.get(model, {}).get(variant)
             if paper is not None:
                 name = MODELS.get(model, model)
@@ -126,12 +133,12 @@ def plot(cells: dict[tuple[str, str], dict[int, list[float]]], variants: list[st
         axis.set_yscale("log")
         axis.set_xticks(sorted({e for m in models for e in cells[m, variant]}))
         axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        axis.set_yticks([0.5, 1, 2, 5, 10, 20, 50])
-        axis.get_yaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.set_yticks([0.5, 1, 2, 5, 10, 20, 50, 100])
+        axis.get_yaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
         axis.get_yaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_title(f"{variant}: test error vs epochs")
         axis.set_xlabel("epochs (one-cycle over the run)")
-        axis.set_ylabel("test error % (95% CI over seeds)")
+        axis.set_ylabel("test error %: mean, 95% CI, seeds")
         axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
