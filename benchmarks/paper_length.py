@@ -23,22 +23,33 @@ from pathlib import Path
 
 from benchmarks.machine import describe_machine
 from stn.paper_table import MATCH, MODELS, PAPER, PAPER_COLUMNS, Run, cell, confidence_interval, find_runs
-from stn.utils.runs import csv_text, write_atomically
+from stn.utils.runs import RunFolder, csv_text, write_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_length(
-    epochs: int, variants: list[str], models: list[str], seeds: list[int], jobs: int, runs: Path
+    epochs: int,
+    variants: list[str],
+    models: list[str],
+    seeds: list[int],
+    extra: list[str],
+    jobs: int,
+    runs: Path,
 ) -> None:
-    """One multirun: every variant x model x seed trained for `epochs` epochs, unless all of them
-    have already finished somewhere below `runs`."""
-    finished = {(r.variant, r.model, r.seed) for r in find_runs(runs) if epochs_of(r) == epochs}
+    """One multirun: every variant x model x seed trained for `epochs` epochs with the `extra`
+    overrides, unless all of them have already finished somewhere below `runs`."""
+    recipe = " ".join(extra)
+    finished = {
+        (r.variant, r.model, r.seed)
+        for r in find_runs(runs)
+        if epochs_of(r) == epochs and recipe_of(r) == recipe
+    }
     wanted = {(PAPER_COLUMNS[v], m, s) for v in variants for m in models for s in seeds}
     if wanted <= finished:
         print(f"epochs={epochs}: all {len(wanted)} runs already finished below {runs}", flush=True)
         return
-    folder = runs / f"epochs_{epochs}" / "-".join(variants)
+    folder = runs / "-".join(["_".join(extra)] if extra else []) / f"epochs_{epochs}" / "-".join(variants)
     command = [
         sys.executable,
         "-m",
@@ -49,6 +60,7 @@ def run_length(
         f"model={','.join(models)}",
         f"seed={','.join(map(str, seeds))}",
         *(f"paper_epochs.{variant}={epochs}" for variant in variants),
+        *extra,
         f"hydra.launcher.n_jobs={jobs}",
         f"hydra.sweep.dir={folder}",
         "callbacks.progress_bar.refresh_rate=0",
@@ -61,11 +73,28 @@ def epochs_of(run: Run) -> int:
     return int(run.config.trainer.max_epochs)
 
 
-def by_cell(runs: list[Run]) -> dict[tuple[str, str], dict[int, list[float]]]:
-    """(model, variant) -> epochs -> test errors % over seeds."""
-    cells: dict[tuple[str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for run in runs:
-        cells[run.model, run.variant][epochs_of(run)].append(run.error)
+# overrides that place a run in the grid (or only say where it is written) rather than change its recipe
+GRID_KEYS = ("data=", "model=", "seed=", "experiment=", "paper_epochs.", "hydra.", "callbacks.progress_bar.")
+
+
+def recipe_of(run: Run) -> str:
+    """What the run's command line changed in experiment=paper's recipe ("" for none)."""
+    overrides = RunFolder(run.folder).overrides
+    return " ".join(o for o in overrides if not o.lstrip("+~").startswith(GRID_KEYS))
+
+
+Row = tuple[str, str, str]  # model, recipe, variant
+
+
+def row_name(model: str, recipe: str) -> str:
+    return f"{MODELS.get(model, model)} {recipe}".strip()
+
+
+def by_cell(runs: list[Run]) -> dict[Row, dict[int, list[float]]]:
+    """(model, recipe, variant) -> epochs -> test errors % over seeds."""
+    cells: dict[Row, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in sorted(runs, key=lambda run: run.seed or 0):
+        cells[run.model, recipe_of(run), run.variant][epochs_of(run)].append(run.error)
     return cells
 
 
@@ -73,8 +102,10 @@ def write_report(runs: list[Run], out: Path) -> str:
     """error_vs_length.md / .csv / .png from finished runs; returns the Markdown."""
     cells = by_cell(runs)
     lengths = sorted({epochs for per_length in cells.values() for epochs in per_length})
-    variants = [v for v in PAPER_COLUMNS.values() if any(variant == v for _, variant in cells)]
-    rows = [["model", "variant", "epochs", "seeds", "error_mean", "ci95_half_width", "paper"]]
+    variants = [v for v in PAPER_COLUMNS.values() if any(variant == v for *_, variant in cells)]
+    rows = [
+        ["model", "recipe", "variant", "epochs", "seeds", "error_mean", "ci95_half_width", "paper", "errors"]
+    ]
     header = "| model | variant | paper | " + " | ".join(f"{epochs} ep" for epochs in lengths) + " |"
     lines = [
         "Test error % against training length: mean ± 95% CI half-width over seeds (n), one run per "
@@ -83,7 +114,9 @@ def write_report(runs: list[Run], out: Path) -> str:
         header,
         "| --- " * (3 + len(lengths)) + "|",
     ]
-    for (model, variant), per_length in sorted(cells.items(), key=lambda item: (item[0][1], item[0][0])):
+    for (model, recipe, variant), per_length in sorted(
+        cells.items(), key=lambda item: (item[0][2], item[0][:2])
+    ):
         paper = PAPER.get(model, {}).get(variant)
         texts = []
         for epochs in lengths:
@@ -93,16 +126,20 @@ def write_report(runs: list[Run], out: Path) -> str:
                 continue
             mean, half_width = confidence_interval(errors)
             texts.append(cell(errors, paper))
-            rows.append([model, variant, epochs, len(errors), f"{mean:.3f}", f"{half_width:.3f}", paper])
+            each = " / ".join(f"{error:.2f}" for error in errors)  # seeds in order
+            rows.append(
+                [model, recipe, variant, epochs, len(errors), f"{mean:.3f}", f"{half_width:.3f}", paper]
+            )
+            rows[-1].append(each)
         paper_text = "—" if paper is None else f"{paper}"
-        lines.append(f"| {MODELS.get(model, model)} | {variant} | {paper_text} | " + " | ".join(texts) + " |")
+        lines.append(f"| {row_name(model, recipe)} | {variant} | {paper_text} | " + " | ".join(texts) + " |")
     write_atomically(out / "error_vs_length.md", "\n".join(lines) + "\n")
     write_atomically(out / "error_vs_length.csv", csv_text(rows))
     plot(cells, variants, out / "error_vs_length.png")
     return "\n".join(lines)
 
 
-def plot(cells: dict[tuple[str, str], dict[int, list[float]]], variants: list[str], path: Path) -> None:
+def plot(cells: dict[Row, dict[int, list[float]]], variants: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -110,13 +147,13 @@ def plot(cells: dict[tuple[str, str], dict[int, list[float]]], variants: list[st
 
     figure, axes = plt.subplots(1, len(variants), figsize=(4.5 * len(variants), 3.8), squeeze=False)
     for axis, variant in zip(axes[0], variants, strict=True):
-        models = sorted(model for model, v in cells if v == variant)
-        for index, model in enumerate(models):
-            per_length = cells[model, variant]
+        models = sorted((model, recipe) for model, recipe, v in cells if v == variant)
+        for index, (model, recipe) in enumerate(models):
+            per_length = cells[model, recipe, variant]
             lengths = sorted(per_length)
             means, half_widths = zip(*(confidence_interval(per_length[e]) for e in lengths), strict=True)
             color = f"C{index}"
-            label = f"{MODELS.get(model, model)} (n={max(len(per_length[e]) for e in lengths)})"
+            label = f"{row_name(model, recipe)} (n={max(len(per_length[e]) for e in lengths)})"
             # the interval's lower end clipped at the best seed: a log axis has no room below 0
             best = [min(per_length[e]) for e in lengths]
             lower = [min(h, m - b) for m, h, b in zip(means, half_widths, best, strict=True)]
@@ -126,12 +163,12 @@ def plot(cells: dict[tuple[str, str], dict[int, list[float]]], variants: list[st
             seeds = [(e, error) for e in lengths for error in per_length[e]]
             axis.scatter(*zip(*seeds, strict=True), s=10, color=color, alpha=0.4)  # each seed
             paper = PAPER.get(model, {}).get(variant)
-            if paper is not None:
+            if paper is not None and not recipe:  # once per model
                 name = MODELS.get(model, model)
                 axis.axhline(paper, color=color, linestyle="--", linewidth=1, label=f"paper {name}: {paper}%")
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
-        axis.set_xticks(sorted({e for m in models for e in cells[m, variant]}))
+        axis.set_xticks(sorted({e for m, r in models for e in cells[m, r, variant]}))
         axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
         axis.set_yticks([0.5, 1, 2, 5, 10, 20, 50, 100])
         axis.get_yaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
@@ -156,6 +193,7 @@ def main() -> None:
     )
     parser.add_argument("--models", nargs="+", default=["cnn", "stn"], choices=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--extra", nargs="*", default=[], help="overrides that change the recipe")
     parser.add_argument(
         "--jobs", type=int, default=2, help="runs at a time (joblib); each gets cores/jobs threads"
     )
@@ -166,7 +204,7 @@ def main() -> None:
     print(describe_machine(), flush=True)
     if not args.report_only:
         for epochs in args.lengths:
-            run_length(epochs, args.variants, args.models, args.seeds, args.jobs, args.runs)
+            run_length(epochs, args.variants, args.models, args.seeds, args.extra, args.jobs, args.runs)
     runs = [r for r in find_runs(args.runs) if epochs_of(r) in args.lengths]
     if not runs:
         raise SystemExit(f"error: no finished run below {args.runs}")
