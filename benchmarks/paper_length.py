@@ -16,6 +16,7 @@ a dashed line).
 from __future__ import annotations
 
 import argparse
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -49,7 +50,8 @@ def run_length(
     if wanted <= finished:
         print(f"epochs={epochs}: all {len(wanted)} runs already finished below {runs}", flush=True)
         return
-    folder = runs / "-".join(["_".join(extra)] if extra else []) / f"epochs_{epochs}" / "-".join(variants)
+    recipe_folder = re.sub(r"[^A-Za-z0-9_.-]+", "_", "_".join(extra))  # Hydra's grammar: no "=" in a value
+    folder = runs / recipe_folder / f"epochs_{epochs}" / "-".join(variants)
     command = [
         sys.executable,
         "-m",
