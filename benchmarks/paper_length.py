@@ -6,7 +6,7 @@
 
 Each length is its own run of `experiment=paper` (one-cycle over the whole run, so every point is
 a finished schedule of that length, not the middle of a longer one): one Hydra multirun per
-length, `data x model x seed`, in `<runs>/epochs_<L>/<variants>/`, through the joblib launcher.
+length, `data x model x seed`, in `<runs>/[<extra>/]epochs_<L>/<variants>/`, through joblib.
 Runs that have finished (anywhere below `--runs`) are read, not repeated. Then writes
 `error_vs_length.md` / `.csv` (mean test error % ± the half-width of its 95% confidence interval
 over seeds, t distribution) and `error_vs_length.png` (one panel per variant, the paper's error as
@@ -129,10 +129,8 @@ def write_report(runs: list[Run], out: Path) -> str:
             mean, half_width = confidence_interval(errors)
             texts.append(cell(errors, paper))
             each = " / ".join(f"{error:.2f}" for error in errors)  # seeds in order
-            rows.append(
-                [model, recipe, variant, epochs, len(errors), f"{mean:.3f}", f"{half_width:.3f}", paper]
-            )
-            rows[-1].append(each)
+            summary = [len(errors), f"{mean:.3f}", f"{half_width:.3f}", paper, each]
+            rows.append([model, recipe, variant, epochs, *summary])
         paper_text = "—" if paper is None else f"{paper}"
         lines.append(f"| {row_name(model, recipe)} | {variant} | {paper_text} | " + " | ".join(texts) + " |")
     write_atomically(out / "error_vs_length.md", "\n".join(lines) + "\n")
