@@ -13,7 +13,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.datasets import MNIST
 
 from stn.utils.checks import check_config
@@ -95,6 +95,41 @@ def small_run(cfg: DictConfig, output_dir: Path, data_dir: Path) -> DictConfig:
     return cfg
 
 
+def write_hydra_record(cfg: DictConfig, run_dir: Path) -> None:
+    """What a Hydra app writes to `<run>/.hydra/` before its task runs: the task's config, Hydra's
+    own node and the command line's overrides, with their interpolations as written."""
+    record = run_dir / ".hydra"
+    record.mkdir(parents=True, exist_ok=True)
+    task = OmegaConf.to_container(cfg, resolve=False)
+    hydra_node = task.pop("hydra")
+    OmegaConf.save(OmegaConf.create(task), record / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_node}), record / "hydra.yaml")
+    OmegaConf.save(OmegaConf.create(list(cfg.hydra.overrides.task)), record / "overrides.yaml")
+
+
+def train_in_process(overrides: list[str], run_dir: Path, data_dir: Path) -> dict:
+    """`python -m stn.train <overrides> hydra.run.dir=<run_dir>`, in this process: the run folder
+    as the command leaves it (its `.hydra/` record, checkpoints, logs, metrics.json)."""
+    from stn.train import train
+
+    cfg = small_run(compose_config("train.yaml", overrides), run_dir, data_dir)
+    write_hydra_record(cfg, run_dir)
+    try:
+        return train(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    """One finished one-epoch run folder (last.ckpt, the best epoch, metrics.json, TensorBoard and
+    CSV logs), trained once per test session in process. Tests that only read it share it; a test
+    that changes it works on a copy (`shutil.copytree`)."""
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    train_in_process(FINISHED, run_dir, mnist_dir)
+    return run_dir
+
+
 @pytest.fixture
 def cfg_train(tmp_path: Path, mnist_dir: Path) -> DictConfig:
     cfg = compose_config("train.yaml")
@@ -167,6 +202,8 @@ def evaluate(checkpoint: Path, *overrides: str, run_dir: Path, data_dir: Path) -
 
 
 TINY = [*SMALL, "data.train_subset=512", "trainer.limit_val_batches=1"]
+# the session's shared run (`finished_run`): one small epoch of the default STN
+FINISHED = [*TINY, "data.test_subset=128"]
 
 
 def jobs_of(sweep: Path) -> list[Path]:

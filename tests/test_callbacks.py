@@ -4,6 +4,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+import pytest
 import torch
 from hydra.utils import instantiate
 from PIL import Image
@@ -53,6 +54,7 @@ def test_grid_logger_writes_images_that_read_back(cfg_train, tmp_path: Path):
     assert len(events.Images("val/transform_history")) == 1
 
 
+@pytest.mark.slow
 def test_transform_health_logs_figures_and_stays_quiet_on_a_healthy_run(tmp_path: Path, mnist_dir: Path):
     run_dir = tmp_path / "run"
     process = run("stn.train", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", data_dir=mnist_dir)
@@ -67,6 +69,7 @@ def test_transform_health_logs_figures_and_stays_quiet_on_a_healthy_run(tmp_path
         assert len(events.Histograms(f"transform/{figure}")) == 2  # one per validation epoch
 
 
+@pytest.mark.slow
 def test_a_collapsing_transformer_raises_the_alarm_and_can_stop_the_run(tmp_path: Path, mnist_dir: Path):
     run_dir = tmp_path / "run"
     process = run(
@@ -99,6 +102,7 @@ def test_each_threshold_names_its_breach():
         assert words in breach
 
 
+@pytest.mark.slow
 def test_every_logger_and_the_rich_screens_run_offline(tmp_path: Path, mnist_dir: Path):
     run_dir, log_dir = tmp_path / "run", tmp_path / "outputs"
     process = run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from stn.data.batching import DeviceBatches, EpochShuffle, InMemoryImages
@@ -14,6 +15,7 @@ from .conftest import (
 )
 
 
+@pytest.mark.slow
 def test_ddp_sim_trains_on_two_processes(tmp_path: Path, mnist_dir: Path):
     run_dir = tmp_path / "run"
     process = run("stn.train", "trainer=ddp_sim", "debug=fdr", f"hydra.run.dir={run_dir}", data_dir=mnist_dir)

@@ -21,9 +21,9 @@ from stn.utils.checks import check_config
 from stn.utils.runs import new_run_dir, saved_config
 
 from .conftest import (
+    FINISHED,
     ROOT,
     SMALL,
-    TINY,
     assert_one_sentence_error,
     cli_command,
     cli_env,
@@ -33,21 +33,13 @@ from .conftest import (
     run_rejected,
 )
 
-ONE_EPOCH = [*TINY, "data.test_subset=128"]
+ONE_EPOCH = FINISHED  # the overrides of the session's finished_run
 
 
 def train(*overrides: str, run_dir: Path, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
     return run(
         "stn.train", *ONE_EPOCH, *overrides, f"hydra.run.dir={run_dir}", data_dir=data_dir, check=check
     )
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
-    """One finished one-epoch run folder (last.ckpt, the best epoch, metrics.json)."""
-    run_dir = tmp_path_factory.mktemp("finished") / "run"
-    train(run_dir=run_dir, data_dir=mnist_dir)
-    return run_dir
 
 
 @pytest.fixture
@@ -72,6 +64,7 @@ def test_new_run_dir_never_hands_out_a_folder_twice(tmp_path: Path):
     assert [new_run_dir(wanted) for _ in range(3)] == [wanted, f"{wanted}_1", f"{wanted}_2"]
 
 
+@pytest.mark.slow
 def test_two_runs_started_together_get_two_folders(tmp_path: Path, mnist_dir: Path):
     MNISTDataModule(data_dir=str(mnist_dir)).prepare_data()  # unpacked once, not by both at the same time
     same = f"hydra.run.dir=${{new_dir:{tmp_path / 'same-second'}}}"  # what two runs in one second ask for
@@ -105,6 +98,7 @@ def test_two_runs_started_together_get_two_folders(tmp_path: Path, mnist_dir: Pa
         (["model=cnn"], "model.localization"),
     ],
 )
+@pytest.mark.slow
 def test_a_folder_resumes_only_its_own_run(
     overrides: list[str], differs: str, interrupted_run: Path, mnist_dir: Path
 ):
@@ -118,12 +112,14 @@ def test_a_folder_resumes_only_its_own_run(
     }  # checkpoints and Hydra's record as they were
 
 
+@pytest.mark.slow
 def test_the_same_command_resumes_its_interrupted_run(interrupted_run: Path, mnist_dir: Path):
     train("trainer.max_epochs=2", run_dir=interrupted_run, data_dir=mnist_dir, check=False)  # another run
     train(run_dir=interrupted_run, data_dir=mnist_dir)  # the same run: it finishes
     assert json.loads((interrupted_run / "metrics.json").read_text())["test/acc"] > 0
 
 
+@pytest.mark.slow
 def test_resuming_a_finished_run_keeps_its_record(finished_run: Path, tmp_path: Path, mnist_dir: Path):
     outputs = tmp_path / "outputs"
     shutil.copytree(finished_run, outputs / "2026-01-01" / "12-00-00")
@@ -140,6 +136,7 @@ def test_resuming_a_finished_run_keeps_its_record(finished_run: Path, tmp_path: 
     assert list(outputs.glob("*/*")) == [folder]  # and no new folder for the refused start
 
 
+@pytest.mark.slow
 def test_a_run_folder_is_data_not_code(finished_run: Path, tmp_path: Path, mnist_dir: Path):
     crafted = tmp_path / "crafted"
     shutil.copytree(finished_run, crafted)
@@ -159,6 +156,7 @@ def test_a_run_folder_is_data_not_code(finished_run: Path, tmp_path: Path, mnist
     assert victim.read_text() == "still here"
 
 
+@pytest.mark.slow
 def test_a_corrupt_last_checkpoint_names_the_file_and_the_way_on(interrupted_run: Path, mnist_dir: Path):
     last = interrupted_run / "checkpoints" / "last.ckpt"
     last.write_bytes(b"")
@@ -169,6 +167,7 @@ def test_a_corrupt_last_checkpoint_names_the_file_and_the_way_on(interrupted_run
     assert last.read_bytes() == b""
 
 
+@pytest.mark.slow
 def test_a_diverged_run_fails_and_the_summary_says_so(tmp_path: Path, mnist_dir: Path):
     process = train("model.optimizer.lr=1e6", run_dir=tmp_path / "run", data_dir=mnist_dir, check=False)
     assert_one_sentence_error(process, "training diverged: the training loss is ")
@@ -178,6 +177,7 @@ def test_a_diverged_run_fails_and_the_summary_says_so(tmp_path: Path, mnist_dir:
     assert [job.status for job in load_jobs(sweep)] == ["ok", "diverged"]
 
 
+@pytest.mark.slow
 def test_one_failed_trial_does_not_end_an_optuna_study(tmp_path: Path, mnist_dir: Path):
     process, jobs = multirun(
         "hparams_search=optuna", *ONE_EPOCH, "hydra.sweeper.n_trials=4",
@@ -275,6 +275,7 @@ def test_archives_that_cannot_be_unpacked_are_not_reported_missing(
     assert "Permission denied" in str(error.value) and "not found" not in str(error.value)
 
 
+@pytest.mark.slow
 def test_an_unwritable_run_folder_stops_before_training(tmp_path: Path, mnist_dir: Path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -284,6 +285,7 @@ def test_an_unwritable_run_folder_stops_before_training(tmp_path: Path, mnist_di
     assert "Epoch 0" not in process.stderr + process.stdout
 
 
+@pytest.mark.slow
 def test_a_checkpoint_outside_its_run_folder_asks_for_its_model(tmp_path: Path, mnist_dir: Path):
     train("model=cnn", run_dir=tmp_path / "cnn", data_dir=mnist_dir)
     moved = tmp_path / "moved.ckpt"
@@ -296,6 +298,7 @@ def test_a_checkpoint_outside_its_run_folder_asks_for_its_model(tmp_path: Path, 
     assert "pass it, e.g. model=cnn" in process.stderr
 
 
+@pytest.mark.slow
 def test_a_misspelled_key_in_a_single_run_gets_did_you_mean(tmp_path: Path, mnist_dir: Path):
     run_rejected(
         "stn.train", "model=cnn", "model.optimizr.lr=0.1", f"hydra.run.dir={tmp_path / 'run'}",

@@ -31,6 +31,7 @@ def test_digits(mnist_dir: Path) -> list[tuple[Image.Image, int]]:
     return [dataset[index] for index in range(20)]
 
 
+@pytest.mark.slow
 def test_predict_on_image_files_with_a_zoo_model(tmp_path: Path, mnist_dir: Path, test_digits):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
@@ -69,6 +70,7 @@ def test_predict_on_image_files_with_a_zoo_model(tmp_path: Path, mnist_dir: Path
     assert results["model"] == "stn_mnist" and len(results["predictions"]) == 23
 
 
+@pytest.mark.slow
 def test_a_model_of_a_distorted_variant_predicts_on_its_own_canvas(
     tmp_path: Path, mnist_dir: Path, test_digits
 ):
@@ -157,6 +159,7 @@ def test_exported_models_agree_with_pytorch_on_real_digits(tmp_path: Path, test_
         assert float((got - want).abs().max()) < 1e-4
 
 
+@pytest.mark.slow
 def test_export_command_reports_the_largest_difference(tmp_path: Path, mnist_dir: Path):
     out = tmp_path / "stn.onnx"
     run(
@@ -177,6 +180,7 @@ def test_export_command_reports_the_largest_difference(tmp_path: Path, mnist_dir
         ([f"inputs={PHOTOS}", "model_name=stn_mnist", "invert=maybe"], "invert=maybe is out of range"),
     ],
 )
+@pytest.mark.slow
 def test_predict_rejects_bad_input_with_one_sentence(tmp_path: Path, mnist_dir: Path, overrides, message):
     run_rejected("stn.predict", *overrides, f"hydra.run.dir={tmp_path}", data_dir=mnist_dir, message=message)
 
@@ -197,6 +201,7 @@ def test_each_zoo_model_loads_and_scores_its_manifest_accuracy(name: str, mnist_
     assert abs(accuracy - entry["test_acc"]) <= 0.0005  # within 0.05 points
 
 
+@pytest.mark.slow
 def test_eval_scores_a_zoo_model_on_its_own_data(tmp_path: Path, mnist_dir: Path):
     output = run(
         "stn.eval", "model_name=stn_rts", "data.test_subset=256", "trainer.accelerator=cpu",

@@ -50,6 +50,7 @@ def test_resume_point(tmp_path: Path):
         resume_point("nowhere.ckpt", now, outputs, [])
 
 
+@pytest.mark.slow
 def test_a_run_killed_mid_epoch_resumes_and_loses_nothing(tmp_path: Path, mnist_dir: Path):
     outputs = tmp_path / "outputs"
     command = cli_command(
@@ -90,6 +91,7 @@ def test_a_run_killed_mid_epoch_resumes_and_loses_nothing(tmp_path: Path, mnist_
     assert before - after <= {name for name in before if name.startswith("epoch_")}
 
 
+@pytest.mark.slow
 def test_last_checkpoint_holds_the_last_epoch_even_without_improvement(tmp_path: Path, mnist_dir: Path):
     """`last.ckpt` is what a killed run resumes from: it must hold the last epoch, not the best one.
     At lr 1e-12 only the first epoch improves val/acc; the other two must still reach last.ckpt."""

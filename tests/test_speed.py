@@ -136,6 +136,7 @@ def test_cuda_graphs_without_cuda_fall_back_with_one_warning():
     assert compile_mode_for("reduce-overhead", torch.device("cuda")) == "reduce-overhead"
 
 
+@pytest.mark.slow
 def test_compile_failure_is_one_sentence(tmp_path: Path, mnist_dir: Path, monkeypatch: pytest.MonkeyPatch):
     # inductor compiles C++ for the CPU with $CXX: a machine without a working compiler
     monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))

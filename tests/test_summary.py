@@ -22,6 +22,7 @@ from .conftest import (
 )
 
 
+@pytest.mark.slow
 def test_summary_ranks_jobs_and_lists_the_failed_one(tmp_path: Path, mnist_dir: Path):
     sweep = tmp_path / "sweep"
     # depth 9 does not fit a 28x28 input: that job fails

@@ -25,6 +25,7 @@ from .conftest import (
 )
 
 
+@pytest.mark.slow
 def test_optuna_sweep_maximises_the_metric_and_resumes_its_study(tmp_path: Path, mnist_dir: Path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     common = [
@@ -87,6 +88,7 @@ def _hparams_session(run_dir: Path) -> tuple[set[str], set[str]]:
     return hparams, metrics
 
 
+@pytest.mark.slow
 def test_joblib_runs_jobs_in_parallel_with_their_share_of_the_cores(tmp_path: Path, mnist_dir: Path):
     _, jobs = multirun(
         "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "model.optimizer.lr=0.01,0.03",
@@ -103,6 +105,7 @@ def test_joblib_runs_jobs_in_parallel_with_their_share_of_the_cores(tmp_path: Pa
         assert {"hp/val/acc_best", "hp/test/acc"} <= metrics
 
 
+@pytest.mark.slow
 def test_submitit_local_runs_the_cluster_path_here(tmp_path: Path, mnist_dir: Path):
     sweep = tmp_path / "sweep"
     _, jobs = multirun(
@@ -149,6 +152,7 @@ def test_job_share_splits_cores_and_gpus():
         (["--multirun", "seed=range(3,1)"], "error: the search space of seed, range(3, 1, 1), is empty"),
     ],
 )
+@pytest.mark.slow
 def test_bad_sweep_stops_before_any_job(overrides: list[str], message: str, tmp_path: Path, mnist_dir: Path):
     sweep = tmp_path / "sweep"
     run_rejected("stn.train", *overrides, f"hydra.sweep.dir={sweep}", data_dir=mnist_dir, message=message)

@@ -2,6 +2,7 @@
 small subset of real MNIST."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -9,9 +10,10 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
+from stn.errors import UserError
 from stn.train import train
 
-from .conftest import SMALL, evaluate, multirun, run, run_rejected
+from .conftest import SMALL, compose_config, evaluate, multirun, run, run_rejected, small_run
 
 
 def test_train_in_process_returns_metrics(cfg_train):
@@ -21,6 +23,7 @@ def test_train_in_process_returns_metrics(cfg_train):
     assert {"train/loss", "train/acc", "val/acc", "val/acc_best", "test/loss"} <= set(metrics)
 
 
+@pytest.mark.slow
 def test_train_subprocess_ends_with_checkpoint_metrics_and_events(tmp_path: Path, mnist_dir: Path):
     run_dir = tmp_path / "run"
     run("stn.train", *SMALL, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", data_dir=mnist_dir)
@@ -49,6 +52,7 @@ def test_train_subprocess_ends_with_checkpoint_metrics_and_events(tmp_path: Path
     assert "test/acc" in output
 
 
+@pytest.mark.slow
 def test_bad_config_stops_with_one_sentence(tmp_path: Path, mnist_dir: Path):
     run_rejected(
         "stn.train", "model.localization.depth=7", f"hydra.run.dir={tmp_path}", data_dir=mnist_dir,
@@ -56,6 +60,7 @@ def test_bad_config_stops_with_one_sentence(tmp_path: Path, mnist_dir: Path):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_gpu_trainer_without_gpu_is_one_sentence(tmp_path: Path, mnist_dir: Path):
     run_rejected(
@@ -64,6 +69,7 @@ def test_gpu_trainer_without_gpu_is_one_sentence(tmp_path: Path, mnist_dir: Path
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_missing_data_stops_with_the_path(tmp_path: Path):
     empty = tmp_path / "empty"
     run_rejected(
@@ -72,6 +78,7 @@ def test_missing_data_stops_with_the_path(tmp_path: Path):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_multirun_makes_one_folder_per_job_and_survives_a_failing_job(tmp_path: Path, mnist_dir: Path):
     sweep_dir = tmp_path / "sweep"
     process, _ = multirun(
@@ -86,6 +93,7 @@ def test_multirun_makes_one_folder_per_job_and_survives_a_failing_job(tmp_path: 
     assert not (sweep_dir / "2" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("debug", ["fdr", "limit", "overfit", "profiler"])
 def test_debug_configs_run(debug: str, tmp_path: Path, mnist_dir: Path):
     run_dir = tmp_path / debug
@@ -101,6 +109,7 @@ def test_debug_configs_run(debug: str, tmp_path: Path, mnist_dir: Path):
         assert "run_training_epoch" in (run_dir / "fit-profile.txt").read_text()
 
 
+@pytest.mark.slow
 def test_distorted_variant_trains_end_to_end(tmp_path: Path, mnist_dir: Path):
     run_dir = tmp_path / "cluttered"
     run(
@@ -116,6 +125,7 @@ def test_distorted_variant_trains_end_to_end(tmp_path: Path, mnist_dir: Path):
     assert "test/acc" in evaluate(last, "data=mnist_cluttered", run_dir=tmp_path / "eval", data_dir=mnist_dir)
 
 
+@pytest.mark.slow
 def test_unknown_variant_lists_the_valid_ones(tmp_path: Path, mnist_dir: Path):
     process = run(
         "stn.train", "data=mnist_upside_down", f"hydra.run.dir={tmp_path}", data_dir=mnist_dir, check=False
@@ -126,6 +136,7 @@ def test_unknown_variant_lists_the_valid_ones(tmp_path: Path, mnist_dir: Path):
         assert variant in process.stderr
 
 
+@pytest.mark.slow
 def test_inverted_range_is_one_sentence(tmp_path: Path, mnist_dir: Path):
     run_rejected(
         "stn.train", "data=mnist_rts", "data.distortion.degrees=[45,-45]", f"hydra.run.dir={tmp_path}",
@@ -133,6 +144,7 @@ def test_inverted_range_is_one_sentence(tmp_path: Path, mnist_dir: Path):
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_paper_grid_and_table(tmp_path: Path, mnist_dir: Path):
     sweep_dir = tmp_path / "grid"
     run(
@@ -164,6 +176,7 @@ def test_paper_grid_and_table(tmp_path: Path, mnist_dir: Path):
     assert Image.open(length / "error_vs_length.png").size[0] > 300
 
 
+@pytest.mark.slow
 def test_the_inverse_compositional_stn_trains_end_to_end(tmp_path: Path, mnist_dir: Path):
     run_dir = tmp_path / "run"
     run("stn.train", *SMALL, "model=ic_stn", "model.transformer.recurrences=2", f"hydra.run.dir={run_dir}",
@@ -174,3 +187,45 @@ def test_the_inverse_compositional_stn_trains_end_to_end(tmp_path: Path, mnist_d
         "Parameters: transformer 5,520, classifier 21,840, total 27,360"
         in (run_dir / "train.log").read_text()
     )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["model.localization.depth=7"], "model.localization.depth=7 is out of range: allowed 1..3"),
+        (
+            ["data=mnist_rts", "data.distortion.degrees=[45,-45]"],
+            "data.distortion.degrees=[45, -45] is inverted: min must be <= max",
+        ),
+        (["data.download=false"], "MNIST not found in {empty}"),
+    ],
+)
+def test_bad_values_stop_the_train_function_before_it_trains(
+    overrides: list[str], message: str, tmp_path: Path, mnist_dir: Path
+):
+    empty = tmp_path / "empty"
+    cfg = small_run(compose_config("train.yaml", overrides), tmp_path / "run", mnist_dir)
+    if "data.download=false" in overrides:
+        cfg.data.data_dir = str(empty)
+    with pytest.raises(UserError, match=re.escape(message.format(empty=empty / "MNIST" / "raw"))):
+        train(cfg)
+    assert not list((tmp_path / "run").glob("checkpoints/*.ckpt"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_a_gpu_trainer_without_a_gpu_stops_the_train_function(tmp_path: Path, mnist_dir: Path):
+    cfg = small_run(compose_config("train.yaml", ["trainer=gpu"]), tmp_path, mnist_dir)
+    cfg.trainer.accelerator = "gpu"
+    with pytest.raises(UserError, match="asks for a CUDA GPU, but this machine has none"):
+        train(cfg)
+
+
+def test_the_shared_run_folder_is_what_the_command_leaves(finished_run: Path):
+    assert (finished_run / "checkpoints" / "last.ckpt").is_file()
+    assert len(list((finished_run / "checkpoints").glob("epoch_*.ckpt"))) == 1
+    metrics = json.loads((finished_run / "metrics.json").read_text())
+    assert 0 <= metrics["test/acc"] <= 1 and metrics["time/fit_seconds"] > 0
+    assert list((finished_run / "tensorboard").glob("events.out.tfevents.*"))
+    assert "val/acc" in (finished_run / "csv" / "metrics.csv").read_text().splitlines()[0]
+    for record in (".hydra", "run_config"):
+        assert (finished_run / record / "config.yaml").is_file()

@@ -1,0 +1,18 @@
+# Everyday commands. The fast lane skips tests marked `slow` (pyproject.toml); test-all is CI's.
+PYTHON ?= python
+
+.PHONY: test test-all lint format
+
+test:  ## the fast lane: every module, no subprocess or multi-epoch tests (~3 min on 2 cores)
+	$(PYTHON) -m pytest
+
+test-all:  ## the whole suite, slowest tests listed at the end (what CI runs)
+	$(PYTHON) -m pytest -m "" --durations=25
+
+lint:
+	$(PYTHON) -m ruff check .
+	$(PYTHON) -m ruff format --check .
+
+format:
+	$(PYTHON) -m ruff check --fix .
+	$(PYTHON) -m ruff format .

@@ -1,0 +1,91 @@
+"""Reading a file the project did not just write (a run folder, a zoo entry) as data, never as code.
+
+A run folder or a zoo entry may come from anyone: a colleague, a cluster, a download. Two things in
+a YAML file could run code when it is read:
+
+- a `_target_`, which `hydra.utils.instantiate` imports and calls. Hydra resolves attribute paths,
+  so a prefix check (`stn.models.`) also admits `stn.models.lit_module.torch.load`. A target is
+  allowed only if its fully qualified name is exactly one that the project's own configs (`conf/`)
+  name: the set is read from `conf/`, so a new config needs no second list.
+- an interpolation through a resolver with side effects (the project's `new_dir` creates
+  folders). Only plain interpolations (`${data.mean}`) and the read-only resolvers in
+  `SAFE_RESOLVERS` are allowed; anything else is refused before anything is resolved.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from stn.errors import ConfigError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# resolvers that only read: Hydra's record of the run, the clock, another key, the environment
+SAFE_RESOLVERS = frozenset({"hydra", "now", "oc.select", "oc.env", "oc.dict.keys", "oc.dict.values"})
+_RESOLVER_CALL = re.compile(r"\$\{\s*([^${}:\s]+)\s*:")
+
+
+def _leaves(tree: Any, key: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted key, value) for every leaf of a plain container (lists as `key[i]`)."""
+    if isinstance(tree, dict):
+        for name, value in tree.items():
+            yield from _leaves(value, f"{key}.{name}" if key else str(name))
+    elif isinstance(tree, list):
+        for index, value in enumerate(tree):
+            yield from _leaves(value, f"{key}[{index}]")
+    else:
+        yield key, tree
+
+
+def _targets_in(config: DictConfig | ListConfig) -> Iterator[tuple[str, str]]:
+    for key, value in _leaves(OmegaConf.to_container(config, resolve=False)):
+        if key == "_target_" or key.endswith("._target_"):
+            yield key, str(value)
+
+
+@lru_cache(maxsize=None)
+def project_targets(conf_dir: Path = CONF_DIR) -> frozenset[str]:
+    """Every `_target_` the project's configs name: the only classes a read file may build."""
+    targets: set[str] = set()
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        targets |= {target for _, target in _targets_in(OmegaConf.load(path))}
+    return frozenset(targets)
+
+
+def check_untrusted(config: DictConfig | ListConfig, source: Path, targets: bool = True) -> None:
+    """ConfigError if reading `config` (loaded from `source`) could run code: a `_target_` the
+    project does not use (with `targets`), or an interpolation through a resolver with side effects."""
+    allowed = project_targets()
+    for key, value in _leaves(OmegaConf.to_container(config, resolve=False)):
+        if targets and (key == "_target_" or key.endswith("._target_")) and str(value) not in allowed:
+            node = key.removesuffix("._target_") if key != "_target_" else "its root"
+            raise ConfigError(
+                f"{source} asks to build {node}._target_={value}, which is not one of this project's "
+                f"classes (those conf/ names); refusing to build anything from it"
+            )
+        if isinstance(value, str):
+            unsafe = [name for name in _RESOLVER_CALL.findall(value) if name not in SAFE_RESOLVERS]
+            if unsafe:
+                raise ConfigError(
+                    f"{source} has {key}={value!r}, an interpolation through the resolver {unsafe[0]!r}, "
+                    f"which may act on this machine; only {', '.join(sorted(SAFE_RESOLVERS))} are "
+                    "read from a run folder or the zoo"
+                )
+
+
+def load_untrusted(path: Path, targets: bool = True) -> DictConfig | ListConfig:
+    """The YAML file `path`, checked with `check_untrusted`: one sentence if it is not YAML."""
+    try:
+        config = OmegaConf.load(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path} is missing") from None
+    except Exception as error:  # yaml's and OmegaConf's parse errors
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{path} cannot be read as a config ({first})") from None
+    check_untrusted(config, path, targets=targets)
+    return config
