@@ -21,7 +21,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError, UserError
 from stn.utils.instantiators import build
-from stn.utils.runs import RUN_CONFIG, check_buildable, saved_config
+from stn.utils.runs import RUN_CONFIG, saved_config
+from stn.utils.untrusted import load_untrusted
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 MANIFEST = "manifest.json"
@@ -111,11 +112,20 @@ def checkpoint_model(checkpoint: Path) -> TrainedModel:
 
 
 def zoo_manifest(zoo_dir: Path = ZOO_DIR) -> dict[str, dict[str, Any]]:
-    """The zoo's entries by name."""
+    """The zoo's entries by name; one sentence if the manifest is not the zoo's JSON."""
     path = zoo_dir / MANIFEST
     if not path.is_file():
         return {}
-    return json.loads(path.read_text())["models"]
+    try:
+        models = json.loads(path.read_text())["models"]
+        if not isinstance(models, dict) or not all(isinstance(entry, dict) for entry in models.values()):
+            raise TypeError("models is not a mapping of entries")
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+        raise UserError(
+            f"{path} is not the zoo's manifest ({type(error).__name__}: {error}); "
+            "restore it with `git checkout -- zoo/`"
+        ) from None
+    return models
 
 
 def sha256(path: Path) -> str:
@@ -123,25 +133,43 @@ def sha256(path: Path) -> str:
 
 
 def zoo_model(name: str, zoo_dir: Path = ZOO_DIR) -> TrainedModel:
-    """The zoo's model `name`, its weights checked against the manifest's sha256."""
-    from safetensors.torch import load_file  # only where zoo weights are read
-
+    """The zoo's model `name`, its weights and config checked against the manifest's sha256s."""
     manifest = zoo_manifest(zoo_dir)
     if name not in manifest:
         known = ", ".join(sorted(manifest)) or "none"
         raise ConfigError(f"model_name={name} is not in the zoo ({zoo_dir / MANIFEST}); allowed: {known}")
     entry = manifest[name]
-    weights = zoo_dir / entry["weights"]
-    if not weights.is_file() or sha256(weights) != entry["sha256"]:
-        raise UserError(
-            f"{weights} is missing or does not match its sha256 in {zoo_dir / MANIFEST}; "
-            "restore it with `git checkout -- zoo/`"
-        )
-    config_file = zoo_dir / entry["config"]
-    config = OmegaConf.load(config_file)
-    check_buildable(config, config_file)
+    # every file of the entry, weights and config, is read only if it is the one the manifest hashed
+    files = {"weights": "sha256", "config": "config_sha256"}
+    for field, hash_field in files.items():
+        path = zoo_dir / str(entry.get(field, ""))
+        if not entry.get(field) or not path.is_file() or path.parent != zoo_dir:
+            raise UserError(
+                f"zoo model {name}: its {field} file {path} is missing; "
+                "restore it with `git checkout -- zoo/`"
+            )
+        if sha256(path) != entry.get(hash_field):
+            raise UserError(
+                f"{path} does not match its {hash_field} in {zoo_dir / MANIFEST}; "
+                "restore it with `git checkout -- zoo/`"
+            )
+    return zoo_files_model(name, zoo_dir / entry["weights"], zoo_dir / entry["config"])
+
+
+def zoo_files_model(name: str, weights: Path, config_file: Path) -> TrainedModel:
+    """The model of a zoo entry's two files (its safetensors weights and its config)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file  # only where zoo weights are read
+
+    config = load_untrusted(config_file)
+    if not isinstance(config, DictConfig) or "model" not in config or "data" not in config:
+        raise UserError(f"{config_file} is not a zoo model's config (it needs `model` and `data` nodes)")
     module = _built(config.model, config.data)
-    module.net.load_state_dict(load_file(weights))
+    try:
+        module.net.load_state_dict(load_file(weights))
+    except (SafetensorError, RuntimeError, OSError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{weights} cannot be loaded into its model ({first})") from None
     return TrainedModel(name, module.eval(), config.model, config.data)
 
 

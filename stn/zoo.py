@@ -5,7 +5,7 @@
 
 `add` writes zoo/<name>.safetensors (the network's state dict: no pickle, no Lightning), zoo/<name>.yaml
 (the model and data config it was trained with) and the manifest entry: the command that trained
-it, the weights' sha256 and size, the parameter count, the run's own test accuracy, and the test
+it, both files' sha256 and size, the parameter count, the run's own test accuracy, and the test
 accuracy of the zoo copy itself, measured here on the full test set of its data (what
 tests/test_zoo.py checks it still scores). Models are loaded with `stn.trained.zoo_model`.
 """
@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import re
+import sys
 from datetime import date
 from pathlib import Path
 
@@ -22,73 +25,102 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
+from stn.errors import UserError
 from stn.trained import (
     MANIFEST,
     ZOO_DIR,
+    TrainedModel,
     checkpoint_model,
     run_config,
     sha256,
     zoo_config,
+    zoo_files_model,
     zoo_manifest,
-    zoo_model,
 )
+from stn.utils.runs import RunFolder, write_atomically
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 def best_checkpoint(run_dir: Path) -> Path:
     """The checkpoint the run tested: its top-1 `epoch_*.ckpt` (conf/callbacks/model_checkpoint.yaml)."""
     candidates = sorted((run_dir / "checkpoints").glob("epoch_*.ckpt"))
     if len(candidates) != 1:
-        raise SystemExit(
-            f"error: expected one best checkpoint in {run_dir / 'checkpoints'}, found {len(candidates)}"
-        )
+        raise UserError(f"expected one best checkpoint in {run_dir / 'checkpoints'}, found {len(candidates)}")
     return candidates[0]
 
 
-def accuracy_on_test_set(name: str, data_dir: Path, zoo_dir: Path = ZOO_DIR) -> float:
-    """The zoo model's accuracy on the full test set of its data, on this machine's CPU."""
-    trained = zoo_model(name, zoo_dir)
+def accuracy_on_test_set(trained: TrainedModel, data_dir: Path) -> float:
+    """A zoo model's accuracy on the full test set of its data, on this machine's CPU."""
     datamodule = trained.datamodule(data_dir=str(data_dir))
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     trainer.test(trained.module, datamodule=datamodule, verbose=False)
     return float(trainer.callback_metrics["test/acc"])
 
 
-def add(name: str, run_dir: Path, data_dir: Path, zoo_dir: Path = ZOO_DIR) -> dict:
+def _check_add(name: str, run_dir: Path, data_dir: Path, zoo_dir: Path, overwrite: bool) -> None:
+    """Every user error of `add`, before anything is written."""
+    if not NAME.fullmatch(name):
+        raise UserError(
+            f"name={name!r} is out of range: allowed letters, digits, _ and - (a file name in {zoo_dir})"
+        )
+    if name in zoo_manifest(zoo_dir) and not overwrite:
+        raise UserError(f"the zoo already has {name}; choose another name, or pass --overwrite to replace it")
+    if not (run_dir / "metrics.json").is_file():
+        raise UserError(f"{run_dir} is not a finished run folder (no metrics.json)")
+    if not (Path(data_dir) / "MNIST" / "raw").is_dir():
+        raise UserError(f"--data-dir {data_dir} holds no MNIST/raw/ (the zoo copy is scored on its test set)")
+
+
+def add(name: str, run_dir: Path, data_dir: Path, zoo_dir: Path = ZOO_DIR, overwrite: bool = False) -> dict:
+    """Add `run_dir`'s best checkpoint to the zoo as `name`. All of it or nothing: the files are
+    written to temporary names, scored, then renamed, and the manifest is written once, last."""
     from safetensors.torch import save_file
 
+    _check_add(name, run_dir, data_dir, zoo_dir, overwrite)
+    run = RunFolder(run_dir)
+    run_metrics = run.metrics
+    if "test/acc" not in run_metrics:
+        raise UserError(f"{run_dir / 'metrics.json'} has no test/acc")
     checkpoint = best_checkpoint(run_dir)
     trained = checkpoint_model(checkpoint)
     zoo_dir.mkdir(parents=True, exist_ok=True)
-    weights = zoo_dir / f"{name}.safetensors"
-    state = {key: value.contiguous() for key, value in trained.network.state_dict().items()}
-    save_file(state, str(weights), metadata={"name": name})
-    (zoo_dir / f"{name}.yaml").write_text(OmegaConf.to_yaml(zoo_config(run_config(checkpoint))))
-    overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
-    run_metrics = json.loads((run_dir / "metrics.json").read_text())
-    entry = {
-        "weights": weights.name,
-        "config": f"{name}.yaml",
-        "sha256": sha256(weights),
-        "bytes": weights.stat().st_size,
-        "parameters": sum(value.numel() for value in state.values()),
-        "data": str(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml").hydra.runtime.choices.data),
-        "canvas": trained.canvas,
-        "command": "python -m stn.train " + " ".join(str(o) for o in overrides),
-        "run_test_acc": round(float(run_metrics["test/acc"]), 6),
-        "trained_on": f"{platform.machine()}, {torch.get_num_threads()} CPU threads, "
-        f"torch {torch.__version__}, {date.today().isoformat()}",
-    }
+    weights, config = zoo_dir / f"{name}.safetensors", zoo_dir / f"{name}.yaml"
+    partial_weights, partial_config = (path.with_name(f".{path.name}.partial") for path in (weights, config))
+    try:
+        state = {key: value.contiguous() for key, value in trained.network.state_dict().items()}
+        save_file(state, str(partial_weights), metadata={"name": name})
+        partial_config.write_text(OmegaConf.to_yaml(zoo_config(run_config(checkpoint))))
+        test_acc = accuracy_on_test_set(zoo_files_model(name, partial_weights, partial_config), data_dir)
+        entry = {
+            "weights": weights.name,
+            "config": config.name,
+            "sha256": sha256(partial_weights),
+            "config_sha256": sha256(partial_config),
+            "bytes": partial_weights.stat().st_size,
+            "parameters": sum(value.numel() for value in state.values()),
+            "data": run.choices.get("data", ""),
+            "canvas": trained.canvas,
+            "command": "python -m stn.train " + " ".join(run.overrides),
+            "run_test_acc": round(float(run_metrics["test/acc"]), 6),
+            "trained_on": f"{platform.machine()}, {torch.get_num_threads()} CPU threads, "
+            f"torch {torch.__version__}, {date.today().isoformat()}",
+            "test_acc": round(test_acc, 6),  # of the zoo copy, as loaded
+        }
+        os.replace(partial_weights, weights)
+        os.replace(partial_config, config)
+    finally:
+        for partial in (partial_weights, partial_config):
+            partial.unlink(missing_ok=True)
     manifest = zoo_manifest(zoo_dir)
     manifest[name] = entry
-    write_manifest(manifest, zoo_dir)
-    entry["test_acc"] = round(accuracy_on_test_set(name, data_dir, zoo_dir), 6)  # of the zoo copy, as loaded
     write_manifest(manifest, zoo_dir)
     return entry
 
 
 def write_manifest(manifest: dict, zoo_dir: Path) -> None:
     ordered = {name: manifest[name] for name in sorted(manifest)}
-    (zoo_dir / MANIFEST).write_text(json.dumps({"models": ordered}, indent=2) + "\n")
+    write_atomically(zoo_dir / MANIFEST, json.dumps({"models": ordered}, indent=2) + "\n")
 
 
 def main() -> None:
@@ -100,15 +132,21 @@ def main() -> None:
     adding.add_argument("name")
     adding.add_argument("run_dir", type=Path)
     adding.add_argument("--data-dir", type=Path, default=Path(__file__).resolve().parents[1] / "data")
+    adding.add_argument("--overwrite", action="store_true", help="replace an entry of the same name")
     commands.add_parser("list", help="the zoo's models")
     args = parser.parse_args()
-    if args.command == "add":
-        print(json.dumps(add(args.name, args.run_dir, args.data_dir), indent=2))
-        return
-    for name, entry in zoo_manifest().items():
-        figures = f"test acc {100 * entry['test_acc']:.2f}%, {entry['parameters']} parameters"
-        print(f"{name}: data={entry['data']} ({entry['canvas']}x{entry['canvas']}), {figures}")
-        print(f"    {entry['command']}")
+    try:
+        if args.command == "add":
+            print(json.dumps(add(args.name, args.run_dir, args.data_dir, overwrite=args.overwrite), indent=2))
+            return
+        for name, entry in zoo_manifest().items():
+            accuracy = entry.get("test_acc")
+            figures = f"test acc {100 * accuracy:.2f}%" if isinstance(accuracy, float) else "test acc unknown"
+            shape = f"data={entry.get('data')} ({entry.get('canvas')}px), {entry.get('parameters')} params"
+            print(f"{name}: {shape}, {figures}")
+            print(f"    {entry.get('command', '')}")
+    except UserError as error:
+        sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

@@ -197,7 +197,7 @@ def test_the_zoo_holds_the_four_models_it_promises():
 def test_each_zoo_model_loads_and_scores_its_manifest_accuracy(name: str, mnist_dir: Path):
     entry = ZOO[name]
     assert sha256(ZOO_DIR / entry["weights"]) == entry["sha256"]
-    accuracy = accuracy_on_test_set(name, mnist_dir)  # the full test set of the model's own data
+    accuracy = accuracy_on_test_set(zoo_model(name), mnist_dir)  # the full test set of the model's own data
     assert abs(accuracy - entry["test_acc"]) <= 0.0005  # within 0.05 points
 
 

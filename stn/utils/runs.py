@@ -18,11 +18,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import setup_globals
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError
+from stn.utils.untrusted import load_untrusted
 
 
 def split_override(override: str) -> tuple[str, str]:
@@ -69,8 +71,12 @@ class RunFolder:
 
     @cached_property
     def overrides(self) -> list[str]:
-        """The command line's overrides, as Hydra recorded them (`.hydra/overrides.yaml`)."""
-        return [str(override) for override in OmegaConf.load(self.path / ".hydra" / "overrides.yaml")]
+        """The command line's overrides, as Hydra recorded them (`.hydra/overrides.yaml`): plain
+        strings, read as YAML data (no interpolation is resolved)."""
+        overrides = plain_yaml(self.path / ".hydra" / "overrides.yaml")
+        if not isinstance(overrides, list):
+            raise ConfigError(f"{self.path / '.hydra' / 'overrides.yaml'} is not a list of overrides")
+        return [str(override) for override in overrides]
 
     @cached_property
     def choices(self) -> dict[str, str]:
@@ -78,13 +84,26 @@ class RunFolder:
         hydra_file = self.path / ".hydra" / "hydra.yaml"
         if not hydra_file.is_file():
             return {}
-        return dict(OmegaConf.load(hydra_file).hydra.runtime.choices)
+        record = plain_yaml(hydra_file)
+        try:
+            choices = record["hydra"]["runtime"]["choices"]
+        except (KeyError, TypeError):
+            raise ConfigError(f"{hydra_file} has no hydra.runtime.choices") from None
+        return {str(group): str(choice) for group, choice in (choices or {}).items()}
 
     @cached_property
     def metrics(self) -> dict | None:
         """metrics.json (written when the run finished), or None."""
         metrics_file = self.path / "metrics.json"
-        return json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        if not metrics_file.is_file():
+            return None
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ConfigError(f"{metrics_file} is not JSON ({error})") from None
+        if not isinstance(metrics, dict):
+            raise ConfigError(f"{metrics_file} is not a JSON object of metrics")
+        return metrics
 
     @property
     def last_checkpoint(self) -> Path:
@@ -94,64 +113,49 @@ class RunFolder:
         return saved_config(self.path)
 
 
+def plain_yaml(path: Path) -> Any:
+    """A YAML file as plain data (lists, dicts, strings): nothing in it is resolved or built."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{path} cannot be read as YAML ({first})") from None
+
+
 def run_folders(root: Path) -> list[RunFolder]:
     """Every run folder below `root` (one with `.hydra/overrides.yaml`), in path order."""
     return [RunFolder(recorded.parent.parent) for recorded in sorted(root.glob("**/.hydra/overrides.yaml"))]
 
 
-# what a run folder's config may build: the project's own classes and the library classes its
-# configs name. A run folder is data (copied from a colleague, a cluster): anything else in it is
-# refused, not built
-BUILDABLE = (
-    "stn.models.",
-    "stn.data.",
-    "stn.callbacks.",
-    "torch.optim.",
-    "lightning.pytorch.callbacks.",
-    "lightning.pytorch.loggers.",
-    "lightning.Trainer",
-    "lightning.pytorch.Trainer",
-)
-
-
-def check_buildable(config: Any, source: Path, key: str = "") -> None:
-    """ConfigError if any `_target_` in `config` is not one this project builds."""
-    if isinstance(config, DictConfig):
-        target = config.get("_target_") if "_target_" in config else None
-        if target is not None and not any(str(target) == p or str(target).startswith(p) for p in BUILDABLE):
-            raise ConfigError(
-                f"{source} asks to build {key or 'its root'}._target_={target}, which is not one of this "
-                f"project's classes ({', '.join(BUILDABLE)}); refusing to build anything from it"
-            )
-        for name in config.keys():
-            check_buildable(config._get_node(name), source, f"{key}.{name}" if key else str(name))
-    elif isinstance(config, ListConfig):
-        for index, item in enumerate(config._iter_ex(resolve=False)):
-            check_buildable(item, source, f"{key}[{index}]")
-
-
 def saved_config(run_dir: Path, record: str = ".hydra", paths: dict | None = None) -> DictConfig:
     """A run's config (`<record>/config.yaml`) resolved as it was in the run, after checking that
-    it builds only the project's classes (`check_buildable`).
+    reading it runs no code (stn/utils/untrusted.py).
 
     Hydra saves the config with its interpolations; those that read Hydra's own node
     (`${hydra:runtime.choices.data}`, `${hydra:runtime.output_dir}`) resolve here from the run's
     `<record>/hydra.yaml`, outside a Hydra app. `paths` replaces the run's `paths` node first, so
     that what derives from where the run wrote (checkpoint folders, log dirs) resolves as for `paths`."""
     config_file = run_dir / record / "config.yaml"
-    config = OmegaConf.load(config_file)
-    check_buildable(config, config_file)
+    config = load_untrusted(config_file)
+    if not isinstance(config, DictConfig) or "model" not in config:
+        raise ConfigError(f"{config_file} is not a run's config (it has no `model` node)")
     if paths is not None:
         config.paths = paths
     hydra_file = run_dir / record / "hydra.yaml"
     if not hydra_file.is_file():
         return config
+    # where Hydra was to write (`hydra.run`, `hydra.sweep`: `${new_dir:...}`) is not needed to read
+    # the run back, and is left out rather than resolved
+    hydra_record = load_untrusted(hydra_file, targets=False, leave_out=("hydra.run", "hydra.sweep"))
     setup_globals()  # Hydra's resolvers (`hydra`, `now`), registered as a Hydra app does
     holder = HydraConfig.instance()
     previous = holder.cfg
-    holder.cfg = OmegaConf.load(hydra_file)  # what HydraConfig.get() returns: its `hydra` node
+    holder.cfg = hydra_record  # what HydraConfig.get() returns: its `hydra` node
     try:
         OmegaConf.resolve(config)
+    except Exception as error:  # a broken interpolation: one sentence, naming the file
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{config_file} cannot be resolved ({first})") from None
     finally:
         holder.cfg = previous
     return config

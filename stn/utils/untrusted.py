@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def _targets_in(config: DictConfig | ListConfig) -> Iterator[tuple[str, str]]:
             yield key, str(value)
 
 
-@lru_cache(maxsize=None)
+@cache
 def project_targets(conf_dir: Path = CONF_DIR) -> frozenset[str]:
     """Every `_target_` the project's configs name: the only classes a read file may build."""
     targets: set[str] = set()
@@ -78,8 +78,11 @@ def check_untrusted(config: DictConfig | ListConfig, source: Path, targets: bool
                 )
 
 
-def load_untrusted(path: Path, targets: bool = True) -> DictConfig | ListConfig:
-    """The YAML file `path`, checked with `check_untrusted`: one sentence if it is not YAML."""
+def load_untrusted(
+    path: Path, targets: bool = True, leave_out: tuple[str, ...] = ()
+) -> DictConfig | ListConfig:
+    """The YAML file `path` without the dotted keys `leave_out`, checked with `check_untrusted`:
+    one sentence if it is not YAML."""
     try:
         config = OmegaConf.load(path)
     except FileNotFoundError:
@@ -87,5 +90,12 @@ def load_untrusted(path: Path, targets: bool = True) -> DictConfig | ListConfig:
     except Exception as error:  # yaml's and OmegaConf's parse errors
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"{path} cannot be read as a config ({first})") from None
+    if not isinstance(config, (DictConfig, ListConfig)):
+        raise ConfigError(f"{path} is not a config (a YAML mapping)")
+    for key in leave_out:
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(config, parent, default=None) if parent else config
+        if isinstance(node, DictConfig) and name in node:
+            del node[name]
     check_untrusted(config, path, targets=targets)
     return config
