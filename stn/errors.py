@@ -28,6 +28,16 @@ class ConfigError(UserError, ValueError):
     """A config value (or a combination of values) the run cannot use."""
 
 
+class RunInterrupted(UserError):
+    """The run was stopped by a signal before it finished: it is incomplete, and says so with a
+    non-zero exit status (128 + the signal's number, as a shell reports a killed process) so that a
+    scheduler or a script never takes it for a success."""
+
+    def __init__(self, message: str, signal_number: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signal_number
+
+
 class TrainingDiverged(UserError):
     """The loss is no longer a finite number: training stopped, as nothing after it would count."""
 
@@ -152,4 +162,5 @@ def user_errors_reported() -> Iterator[None]:
             raise
         if user_error is None:
             raise
-        sys.exit(f"error: {user_error}")
+        print(f"error: {user_error}", file=sys.stderr)
+        sys.exit(getattr(user_error, "exit_code", 1))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 import time
 from pathlib import Path
@@ -16,15 +17,17 @@ import hydra
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from stn.errors import user_errors_reported
+from stn.errors import RunInterrupted, user_errors_reported
 from stn.utils.checks import check_config
 from stn.utils.config_tree import show_config
 from stn.utils.instantiators import build, instantiate_group
 from stn.utils.parallel import apply_job_share
 from stn.utils.resume import apply_resume_point
-from stn.utils.runs import write_atomically
+from stn.utils.runs import run_lock, write_atomically
 from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,13 @@ def parameter_counts(net: torch.nn.Module) -> str:
     return ", ".join(f"{name} {count:,}" for name, count in parts.items())
 
 
+def fit_seconds(trainer: L.Trainer, this_start: float) -> float:
+    """The run's whole training time: Lightning's Timer callback (conf/callbacks/timer.yaml) keeps it
+    in the checkpoint, so a resumed run counts its earlier starts too; else this start's time."""
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    return timer.time_elapsed("train") if timer is not None else this_start
+
+
 def train(cfg: DictConfig) -> dict[str, float | str]:
     """Fit and test as `cfg` says; returns every logged metric (and `best_model_path`) and writes
     them to the run folder's metrics.json."""
@@ -45,6 +55,13 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     apply_job_share(cfg, hydra_cfg)
     ckpt_path = apply_resume_point(cfg, list(hydra_cfg.overrides.task) if hydra_cfg else [])
+    with run_lock(Path(cfg.paths.output_dir)):  # one process trains in a folder at a time
+        return _fit_and_test(cfg, ckpt_path, hydra_cfg)
+
+
+def _fit_and_test(
+    cfg: DictConfig, ckpt_path: str | None, hydra_cfg: DictConfig | None
+) -> dict[str, float | str]:
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -67,8 +84,16 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
     metrics: dict[str, float | str] = {}
     if cfg.get("train", True):
         start = time.perf_counter()
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        metrics["time/fit_seconds"] = time.perf_counter() - start
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        except SIGTERMException:  # Lightning's, a SystemExit that would end the process with status 0
+            raise RunInterrupted(
+                f"the run was stopped (SIGTERM) in epoch {trainer.current_epoch} and is incomplete: no "
+                f"metrics.json. Resume it from {Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'} "
+                "with the same command and ckpt_path=last",
+                signal.SIGTERM,
+            ) from None
+        metrics["time/fit_seconds"] = fit_seconds(trainer, time.perf_counter() - start)
         metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
 
     if cfg.get("test", True):

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from stn.errors import ConfigError, UserError
 from stn.utils.instantiators import build
 from stn.utils.runs import RUN_CONFIG, saved_config
-from stn.utils.untrusted import load_untrusted
+from stn.utils.untrusted import check_targets, load_untrusted
 
 ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 MANIFEST = "manifest.json"
@@ -81,11 +81,16 @@ def run_config(checkpoint: Path) -> DictConfig | None:
     return None
 
 
-def _built(model_config: DictConfig, data_config: DictConfig) -> L.LightningModule:
-    """The LightningModule of `model_config`, its interpolations (the data's canvas, mean and
-    std) resolved against `data_config`."""
+def _built(model_config: DictConfig, data_config: DictConfig, source: Path) -> L.LightningModule:
+    """The LightningModule of `model_config` (read from `source`), its interpolations (the data's
+    canvas, mean and std) resolved against `data_config`, built only from the project's classes."""
     cfg = OmegaConf.create({"model": model_config, "data": data_config})
-    OmegaConf.resolve(cfg)
+    try:
+        OmegaConf.resolve(cfg)
+    except Exception as error:  # a broken interpolation
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"{source} cannot be resolved ({first})") from None
+    check_targets(cfg, source)
     cfg.model.compile = False  # speed options of the training machine, not of this one
     cfg.model.cuda_graph = False
     return build(cfg, "model")
@@ -101,7 +106,7 @@ def checkpoint_model(checkpoint: Path) -> TrainedModel:
             f"ckpt_path={checkpoint} is not in a run folder (<run>/checkpoints/<name>.ckpt beside "
             "<run>/.hydra/config.yaml), so the model it was trained with is not known"
         )
-    module = _built(saved.model, saved.data)
+    module = _built(saved.model, saved.data, checkpoint)
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)
@@ -164,7 +169,7 @@ def zoo_files_model(name: str, weights: Path, config_file: Path) -> TrainedModel
     config = load_untrusted(config_file)
     if not isinstance(config, DictConfig) or "model" not in config or "data" not in config:
         raise UserError(f"{config_file} is not a zoo model's config (it needs `model` and `data` nodes)")
-    module = _built(config.model, config.data)
+    module = _built(config.model, config.data, config_file)
     try:
         module.net.load_state_dict(load_file(weights))
     except (SafetensorError, RuntimeError, OSError) as error:

@@ -71,10 +71,6 @@ class TransformGridLogger(L.Callback):
         if getattr(net, "transformer", None) is None:
             rank_zero_warn("TransformGridLogger: the model has no spatial transformer; nothing to log")
             return
-        experiment = self._experiment(trainer)
-        if experiment is None:
-            rank_zero_warn("TransformGridLogger: no TensorBoard logger; nothing to log")
-            return
         images = self.images.to(pl_module.device)
         was_training = net.training
         net.eval()
@@ -85,6 +81,9 @@ class TransformGridLogger(L.Callback):
         if self.history_images:
             kept = transformed[: self.history_images].cpu() * self.std + self.mean  # (k, C, H, W)
             self.history.append((trainer.current_epoch, kept.clamp(0, 1)))
+        experiment = self._experiment(trainer)
+        if experiment is None:  # the history (run-folder files) is kept; the grids are TensorBoard's
+            return
         pair = torch.stack([images, transformed]).cpu() * self.std + self.mean  # (2, N, C, H, W)
         grids = [make_grid(part.clamp(0, 1), nrow=self.nrow, padding=2, pad_value=1.0) for part in pair]
         left, right = (
@@ -102,6 +101,13 @@ class TransformGridLogger(L.Callback):
             if theta.shape[-2:] in ((2, 3), (3, 3)):  # affine or projective: a linear part to measure
                 scale = torch.linalg.det(theta[:, :2, :2]).mean()
                 experiment.add_scalar("val/theta_scale", scale.item(), step)
+
+    def state_dict(self) -> dict:
+        """The history so far, in the checkpoint: a resumed run's strip and animation start at epoch 0."""
+        return {"history": [(epoch, (kept * 255).round().to(torch.uint8)) for epoch, kept in self.history]}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = [(int(epoch), kept.float() / 255) for epoch, kept in state_dict.get("history", [])]
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """The transformer's learning at a glance: the same digits transformed at every epoch, as a

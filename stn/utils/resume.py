@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError
 from stn.utils.runs import (
+    CREATED_RUN_DIRS,
     LAST_CHECKPOINT,
     RUN_CONFIG,
     check_writable,
@@ -151,9 +152,10 @@ def _check_readable(checkpoint: Path) -> None:
 
 
 def _move_log(stub: Path, folder: Path) -> None:
-    """Log into `folder`'s own log from now on, and remove `stub`, the folder Hydra made for this
-    start, which holds nothing else: a resumed run is one folder, not one per start, and a refused
-    start leaves nothing behind."""
+    """Log into `folder`'s own log from now on, and remove `stub`, the folder made for this start,
+    if this process created it (`new_dir`) and it holds nothing but Hydra's record and the log: a
+    resumed run is one folder, not one per start. A folder the user named (hydra.run.dir=...) is
+    the user's, and is left as it is."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         filename = getattr(handler, "baseFilename", None)
@@ -164,7 +166,12 @@ def _move_log(stub: Path, folder: Path) -> None:
             moved.setFormatter(handler.formatter)
             moved.setLevel(handler.level)
             root.addHandler(moved)
-    if all(p.name == ".hydra" or p.suffix == ".log" for p in stub.iterdir()):
+    if stub.resolve() not in CREATED_RUN_DIRS:
+        return
+    record = stub / ".hydra"
+    made_here = {record / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")}
+    only_ours = all(p == record or p.suffix == ".log" for p in stub.iterdir())
+    if only_ours and (not record.is_dir() or all(p in made_here for p in record.iterdir())):
         shutil.rmtree(stub)
 
 

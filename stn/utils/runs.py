@@ -8,11 +8,13 @@ overrides.yaml), `checkpoints/`, `metrics.json` once the run finished, `<task>.l
 from __future__ import annotations
 
 import csv
+import fcntl
 import io
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -24,7 +26,7 @@ from hydra.core.utils import setup_globals
 from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError
-from stn.utils.untrusted import load_untrusted
+from stn.utils.untrusted import check_targets, load_untrusted
 
 
 def split_override(override: str) -> tuple[str, str]:
@@ -49,6 +51,10 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# the run folders this process created (new_run_dir): the only folders it may remove again
+CREATED_RUN_DIRS: set[Path] = set()
+
+
 def new_run_dir(path: str) -> str:
     """`path`, else `path_1`, `path_2`, ...: the first folder this call creates itself. Run folders
     are named by the second, so two runs started in the same second (two terminals, two machines
@@ -57,6 +63,7 @@ def new_run_dir(path: str) -> str:
     while True:
         try:
             candidate.mkdir(parents=True)
+            CREATED_RUN_DIRS.add(candidate.resolve())
             return str(candidate)
         except FileExistsError:
             suffix += 1
@@ -142,11 +149,11 @@ def saved_config(run_dir: Path, record: str = ".hydra", paths: dict | None = Non
     if paths is not None:
         config.paths = paths
     hydra_file = run_dir / record / "hydra.yaml"
-    if not hydra_file.is_file():
-        return config
     # where Hydra was to write (`hydra.run`, `hydra.sweep`: `${new_dir:...}`) is not needed to read
     # the run back, and is left out rather than resolved
-    hydra_record = load_untrusted(hydra_file, targets=False, leave_out=("hydra.run", "hydra.sweep"))
+    hydra_record = (
+        load_untrusted(hydra_file, leave_out=("hydra.run", "hydra.sweep")) if hydra_file.is_file() else None
+    )
     setup_globals()  # Hydra's resolvers (`hydra`, `now`), registered as a Hydra app does
     holder = HydraConfig.instance()
     previous = holder.cfg
@@ -158,6 +165,7 @@ def saved_config(run_dir: Path, record: str = ".hydra", paths: dict | None = Non
         raise ConfigError(f"{config_file} cannot be resolved ({first})") from None
     finally:
         holder.cfg = previous
+    check_targets(config, config_file)
     return config
 
 
@@ -200,6 +208,29 @@ def csv_text(rows: list[list[Any]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer).writerows(rows)
     return buffer.getvalue()
+
+
+LOCK_FILE = ".lock"
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s lock while a run trains in it: a second run into the same folder (two
+    `ckpt_path=last` at once) is refused at start. The lock is the kernel's (flock), so a killed
+    process never leaves it held."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise ConfigError(
+                f"another process is training in {folder} right now; wait for it to end, or give this "
+                "run its own folder (leave hydra.run.dir unset)"
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def write_atomically(path: Path, text: str) -> None:

@@ -57,17 +57,15 @@ def project_targets(conf_dir: Path = CONF_DIR) -> frozenset[str]:
     return frozenset(targets)
 
 
-def check_untrusted(config: DictConfig | ListConfig, source: Path, targets: bool = True) -> None:
-    """ConfigError if reading `config` (loaded from `source`) could run code: a `_target_` the
-    project does not use (with `targets`), or an interpolation through a resolver with side effects."""
-    allowed = project_targets()
+# what the project ever builds from a read config: the model and its data (eval, predict, export,
+# the zoo, paper_table); a run's callbacks, loggers and trainer are only ever compared, never built
+BUILT = ("model", "data")
+
+
+def check_resolvers(config: DictConfig | ListConfig, source: Path) -> None:
+    """ConfigError if resolving `config` (loaded from `source`) would call a resolver with side
+    effects. Checked on the file as written, before anything is resolved."""
     for key, value in _leaves(OmegaConf.to_container(config, resolve=False)):
-        if targets and (key == "_target_" or key.endswith("._target_")) and str(value) not in allowed:
-            node = key.removesuffix("._target_") if key != "_target_" else "its root"
-            raise ConfigError(
-                f"{source} asks to build {node}._target_={value}, which is not one of this project's "
-                f"classes (those conf/ names); refusing to build anything from it"
-            )
         if isinstance(value, str):
             unsafe = [name for name in _RESOLVER_CALL.findall(value) if name not in SAFE_RESOLVERS]
             if unsafe:
@@ -78,11 +76,23 @@ def check_untrusted(config: DictConfig | ListConfig, source: Path, targets: bool
                 )
 
 
-def load_untrusted(
-    path: Path, targets: bool = True, leave_out: tuple[str, ...] = ()
-) -> DictConfig | ListConfig:
-    """The YAML file `path` without the dotted keys `leave_out`, checked with `check_untrusted`:
-    one sentence if it is not YAML."""
+def check_targets(config: DictConfig, source: Path) -> None:
+    """ConfigError if a node the project builds (`BUILT`) names a `_target_` that is not exactly one
+    of the project's. Checked on the resolved config, so an interpolated target is seen as built."""
+    allowed = project_targets()
+    for key, value in _leaves(OmegaConf.to_container(config, resolve=True)):
+        is_target = key == "_target_" or key.endswith("._target_")
+        if is_target and key.split(".")[0] in BUILT and str(value) not in allowed:
+            node = key.removesuffix("._target_")
+            raise ConfigError(
+                f"{source} asks to build {node}._target_={value}, which is not one of this project's "
+                f"classes (those conf/ names); refusing to build anything from it"
+            )
+
+
+def load_untrusted(path: Path, leave_out: tuple[str, ...] = ()) -> DictConfig | ListConfig:
+    """The YAML file `path` without the dotted keys `leave_out`, checked with `check_resolvers`:
+    one sentence if it is not YAML. Its targets are checked once it is resolved (`check_targets`)."""
     try:
         config = OmegaConf.load(path)
     except FileNotFoundError:
@@ -97,5 +107,5 @@ def load_untrusted(
         node = OmegaConf.select(config, parent, default=None) if parent else config
         if isinstance(node, DictConfig) and name in node:
             del node[name]
-    check_untrusted(config, path, targets=targets)
+    check_resolvers(config, path)
     return config

@@ -1,0 +1,265 @@
+"""Trust: reading a run folder or the zoo runs no code, nothing of the user's is overwritten or
+deleted, a resumed run keeps its whole history, and a stopped run never reports success. In
+process, on the session's finished run (small real MNIST); what needs a process of its own is
+marked slow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf, open_dict
+from PIL import Image
+
+from stn.errors import ConfigError, RunInterrupted, UserError
+from stn.eval import evaluate
+from stn.train import train
+from stn.trained import checkpoint_model, sha256, zoo_manifest, zoo_model
+from stn.utils.resume import _move_log
+from stn.utils.runs import CREATED_RUN_DIRS, RunFolder, new_run_dir, run_lock, saved_config
+from stn.utils.untrusted import project_targets
+from stn.zoo import add as zoo_add
+
+from .conftest import FINISHED, ROOT, compose_config, small_run, write_hydra_record
+
+
+def _craft(finished_run: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the finished run whose `.hydra/config.yaml` is edited by `edit(config)`."""
+    crafted = tmp_path / "crafted"
+    shutil.copytree(finished_run, crafted)
+    shutil.rmtree(crafted / "run_config")
+    config = OmegaConf.load(crafted / ".hydra" / "config.yaml")
+    edit(config)
+    OmegaConf.save(config, crafted / ".hydra" / "config.yaml")
+    return crafted
+
+
+# attribute paths that walk from an allowed module to something it imported, and plain ones
+CRAFTED_TARGETS = [
+    ("model", "stn.utils.runs.os.remove", "path"),
+    ("model", "stn.utils.runs.shutil.rmtree", "path"),
+    ("model.localization", "stn.models.lit_module.torch.load", "f"),
+    ("data", "stn.data.mnist.Path.unlink", "self"),
+    ("model.optimizer", "torch.optim.sgd.torch.load", "f"),
+    ("model", "builtins.open", "file"),
+]
+
+
+def test_the_allowed_targets_are_exactly_those_conf_names():
+    targets = project_targets()
+    assert "stn.models.lit_module.STNLitModule" in targets and "torch.optim.SGD" in targets
+    assert not any(t.startswith("builtins") or t.endswith(".load") for t in targets)
+
+
+@pytest.mark.parametrize(("node", "target", "argument"), CRAFTED_TARGETS)
+def test_a_crafted_target_in_a_run_folder_is_refused_everywhere_it_is_read(
+    node: str, target: str, argument: str, finished_run: Path, tmp_path: Path
+):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("still here")
+
+    def edit(config):
+        OmegaConf.update(config, f"{node}._target_", target, force_add=True)
+        OmegaConf.update(config, f"{node}.{argument}", str(victim), force_add=True)
+
+    crafted = _craft(finished_run, tmp_path, edit)
+    last = crafted / "checkpoints" / "last.ckpt"
+    message = f"asks to build {node}._target_={target}, which is not one of this project's classes"
+    with pytest.raises(ConfigError, match=message):
+        saved_config(crafted)
+    with pytest.raises(ConfigError, match=message):
+        checkpoint_model(last)  # stn.predict, stn.export, stn.paper_table, stn.zoo add
+    cfg = compose_config("eval.yaml", [f"ckpt_path={last}", "trainer.accelerator=cpu"])
+    with pytest.raises(ConfigError, match=message):
+        evaluate(cfg)
+    assert victim.read_text() == "still here"
+
+
+def test_an_interpolated_target_is_checked_as_it_resolves(finished_run: Path, tmp_path: Path):
+    def edit(config):
+        config.elsewhere = {"_target_": "builtins.exec", "source": "open('x', 'w')"}
+        config.model = "${elsewhere}"
+
+    crafted = _craft(finished_run, tmp_path, edit)
+    with pytest.raises(ConfigError, match="asks to build model._target_=builtins.exec"):
+        saved_config(crafted)
+
+
+@pytest.mark.parametrize("value", ["${new_dir:TMP/made}", "${oc.create:{a: 1}}", "x-${new_dir:TMP/made}"])
+def test_interpolations_with_side_effects_are_not_resolved(value: str, finished_run: Path, tmp_path: Path):
+    value = value.replace("TMP", str(tmp_path))
+    crafted = _craft(finished_run, tmp_path, lambda c: OmegaConf.update(c, "paths.extra", value))
+    with pytest.raises(ConfigError, match="an interpolation through the resolver .* may act on this machine"):
+        saved_config(crafted)
+    assert not (tmp_path / "made").exists()
+
+
+def test_where_hydra_was_to_write_is_not_read_back(finished_run: Path, tmp_path: Path):
+    hydra_file = finished_run / ".hydra" / "hydra.yaml"
+    record = OmegaConf.load(hydra_file)
+    record.hydra.sweep.dir = f"${{new_dir:{tmp_path / 'made'}}}"  # as Hydra saves it
+    crafted = _craft(
+        finished_run, tmp_path, lambda c: OmegaConf.update(c, "paths.extra", "${hydra:sweep.dir}")
+    )
+    OmegaConf.save(record, crafted / ".hydra" / "hydra.yaml")
+    assert saved_config(crafted).paths.extra is None
+    assert not (tmp_path / "made").exists()
+
+
+def test_overrides_and_choices_are_read_as_plain_data(finished_run: Path, tmp_path: Path):
+    crafted = tmp_path / "crafted"
+    shutil.copytree(finished_run, crafted)
+    (crafted / ".hydra" / "overrides.yaml").write_text(f"- model.x=${{new_dir:{tmp_path / 'made'}}}\n")
+    assert RunFolder(crafted).overrides == [f"model.x=${{new_dir:{tmp_path / 'made'}}}"]
+    assert RunFolder(crafted).choices["model"] == "stn"
+    assert not (tmp_path / "made").exists()
+
+
+@pytest.fixture
+def zoo_copy(tmp_path: Path) -> Path:
+    zoo = tmp_path / "zoo"
+    shutil.copytree(ROOT / "zoo", zoo)
+    return zoo
+
+
+def test_a_tampered_zoo_config_is_refused(zoo_copy: Path):
+    config = zoo_copy / "stn_mnist.yaml"
+    config.write_text(config.read_text().replace("stn.models.lit_module.STNLitModule", "builtins.exec"))
+    with pytest.raises(UserError, match="does not match its config_sha256"):
+        zoo_model("stn_mnist", zoo_copy)
+    # a manifest edited to match is still refused: the target is not the project's
+    manifest = json.loads((zoo_copy / "manifest.json").read_text())
+    manifest["models"]["stn_mnist"]["config_sha256"] = sha256(config)
+    (zoo_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ConfigError, match="_target_=builtins.exec, which is not one of"):
+        zoo_model("stn_mnist", zoo_copy)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda z: (z / "manifest.json").write_text("{not json"), "is not the zoo's manifest"),
+        (lambda z: (z / "manifest.json").write_text(""), "is not the zoo's manifest"),
+        (lambda z: (z / "stn_mnist.yaml").unlink(), "its config file .* is missing"),
+        (lambda z: (z / "stn_mnist.safetensors").write_bytes(b"\xff" * 64), "does not match its sha256"),
+    ],
+)
+def test_a_damaged_zoo_is_one_sentence(damage, message: str, zoo_copy: Path):
+    damage(zoo_copy)
+    with pytest.raises(UserError, match=message):
+        zoo_model("stn_mnist", zoo_copy)
+
+
+def test_zoo_weights_of_the_wrong_shape_are_one_sentence(zoo_copy: Path):
+    manifest = json.loads((zoo_copy / "manifest.json").read_text())
+    shutil.copy(zoo_copy / "cnn_mnist.safetensors", zoo_copy / "stn_mnist.safetensors")
+    manifest["models"]["stn_mnist"]["sha256"] = sha256(zoo_copy / "stn_mnist.safetensors")
+    (zoo_copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="stn_mnist.safetensors cannot be loaded into its model"):
+        zoo_model("stn_mnist", zoo_copy)
+
+
+@pytest.mark.parametrize(
+    ("name", "data_dir", "message"),
+    [
+        ("../../x", None, "name='../../x' is out of range"),
+        ("stn_mnist", None, "the zoo already has stn_mnist"),
+        ("new_model", "/nonexistent", "--data-dir /nonexistent holds no MNIST/raw/"),
+    ],
+)
+def test_a_refused_zoo_add_leaves_the_zoo_as_it_was(
+    name: str, data_dir: str | None, message: str, zoo_copy: Path, finished_run: Path, mnist_dir: Path
+):
+    before = {p.name: p.read_bytes() for p in zoo_copy.iterdir()}
+    with pytest.raises(UserError, match=message):
+        zoo_add(name, finished_run, Path(data_dir) if data_dir else mnist_dir, zoo_copy)
+    assert {p.name: p.read_bytes() for p in zoo_copy.iterdir()} == before
+    assert not (zoo_copy.parent / "x.safetensors").exists()
+    assert set(zoo_manifest(zoo_copy)) == {"cnn_mnist", "stn_mnist", "stn_rts", "stn_tc"}
+
+
+def test_a_resume_refused_in_the_users_folder_deletes_nothing(tmp_path: Path):
+    users = tmp_path / "d"
+    users.mkdir()
+    (users / "important.log").write_text("x")
+    (users / ".hydra").mkdir()
+    _move_log(users, tmp_path / "elsewhere")
+    assert (users / "important.log").read_text() == "x"
+    # a folder this process made for this start, holding only Hydra's record, is removed
+    made = Path(new_run_dir(str(tmp_path / "made")))
+    (made / ".hydra").mkdir()
+    (made / ".hydra" / "config.yaml").write_text("{}")
+    (made / "train.log").write_text("")
+    assert made.resolve() in CREATED_RUN_DIRS
+    _move_log(made, tmp_path / "elsewhere")
+    assert not made.exists()
+
+
+def test_a_second_run_in_a_locked_folder_is_refused(tmp_path: Path):
+    with run_lock(tmp_path), pytest.raises(ConfigError, match="another process is training in"):
+        with run_lock(tmp_path):
+            pass
+    with run_lock(tmp_path):  # released when the first ends
+        pass
+
+
+class SigtermOnce(L.Callback):
+    """Sends this process SIGTERM after the first training batch of epoch `epoch`, once: the
+    `flag` file is there until it has been sent (so the run's config is the same at both starts)."""
+
+    def __init__(self, epoch: int, flag: str) -> None:
+        self.epoch, self.flag = epoch, Path(flag)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.current_epoch == self.epoch and self.flag.exists():
+            self.flag.unlink()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stopped_run_fails_and_its_resume_keeps_the_whole_history(tmp_path: Path, mnist_dir: Path):
+    run_dir, flag = tmp_path / "run", tmp_path / "send-sigterm"
+    flag.write_text("")
+    overrides = [*FINISHED, "trainer.max_epochs=3"]
+    sigterm = {"_target_": f"{__name__}.SigtermOnce", "epoch": 2, "flag": str(flag)}
+
+    def start() -> dict:
+        cfg = small_run(compose_config("train.yaml", overrides), run_dir, mnist_dir)
+        cfg.trainer.max_epochs = 3
+        with open_dict(cfg):
+            cfg.callbacks.sigterm = sigterm
+        write_hydra_record(cfg, run_dir)
+        try:
+            return train(cfg)
+        finally:
+            GlobalHydra.instance().clear()
+
+    with pytest.raises(RunInterrupted, match=r"stopped \(SIGTERM\) in epoch 2 and is incomplete") as stopped:
+        start()
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert not (run_dir / "metrics.json").exists()
+    first = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert first["epoch"] == 1  # the last finished epoch: what the resume starts after
+    first_fit = first["callbacks"]["Timer"]["time_elapsed"]["train"]
+
+    metrics = start()  # the same command again: it resumes from its own last.ckpt
+
+    rows = list(csv.DictReader((run_dir / "csv" / "metrics.csv").open()))
+    epochs_with_train_loss = [int(float(r["epoch"])) for r in rows if r.get("train/loss")]
+    assert epochs_with_train_loss == [0, 1, 2]  # every epoch once, from epoch 0
+    steps = [float(r["step"]) for r in rows]
+    assert steps == sorted(steps)
+    with Image.open(run_dir / "transform_history.gif") as gif:
+        assert gif.n_frames == 3  # epochs 0, 1, 2
+    assert metrics["time/fit_seconds"] > first_fit
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert last["callbacks"]["Timer"]["time_elapsed"]["train"] == pytest.approx(
+        metrics["time/fit_seconds"], abs=1.0
+    )
