@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from torch import nn
 
 from stn.errors import ConfigError, UserError, user_errors_reported
 from stn.trained import TrainedModel, trained_model
+from stn.utils.runs import write_atomically
 from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,33 @@ def largest_difference(wrapper: PixelsToPrediction, path: Path, pixels: torch.Te
     return max(float((got - want).abs().max()) for got, want in zip(exported, expected, strict=True))
 
 
+def check_output(path: Path, fmt: str, overwrite: bool) -> Path:
+    """Where the report goes (`<file>.json`, beside the model), after checking, before anything is
+    written, that the model file can be written there and that no existing file is replaced
+    unless `overwrite=true` says so."""
+    if path.suffix != FORMATS[fmt]:
+        raise ConfigError(
+            f"output_file={path} is out of range: allowed a file name ending in {FORMATS[fmt]} (format={fmt})"
+        )
+    report = path.with_suffix(".json")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"output_file={path} cannot be written: {parent} is a file, not a folder")
+    if path.is_dir():
+        raise ConfigError(f"output_file={path} is a folder; name a file ending in {FORMATS[fmt]}")
+    existing = [str(p) for p in (path, report) if p.exists()]
+    if existing and not overwrite:
+        raise ConfigError(
+            f"{' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}; "
+            "choose another output_file, or pass overwrite=true to replace"
+        )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"output_file={path} cannot be written ({error.strerror or error})") from None
+    return report
+
+
 def export(cfg: DictConfig) -> dict[str, object]:
     fmt = str(cfg.get("format"))
     if fmt not in FORMATS:
@@ -125,14 +154,19 @@ def export(cfg: DictConfig) -> dict[str, object]:
         if cfg.get("output_file")
         else Path(cfg.paths.output_dir) / f"{stem}{FORMATS[fmt]}"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    report_path = check_output(path, fmt, bool(cfg.get("overwrite", False)))
     wrapper = PixelsToPrediction(model.network, model.mean, model.std)
     example = torch.rand(2, 1, model.canvas, model.canvas)
     names = output_names(model)
-    if fmt == "onnx":
-        export_onnx(wrapper, example, path, names)
-    else:
-        export_torchscript(wrapper, example, path)
+    partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # beside it: a rename is atomic
+    try:
+        if fmt == "onnx":
+            export_onnx(wrapper, example, partial, names)
+        else:
+            export_torchscript(wrapper, example, partial)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
     report: dict[str, object] = {
         "model": model.name, "file": str(path), "format": fmt, "inputs": "pixels (N, 1, S, S) in [0, 1]",
         "canvas": model.canvas, "outputs": names, "bytes": path.stat().st_size,
@@ -141,7 +175,7 @@ def export(cfg: DictConfig) -> dict[str, object]:
         pixels = test_pixels(model, str(cfg.data_dir), check_images)
         report["checked_on"] = f"{len(pixels)} MNIST test images"
         report["largest_difference"] = largest_difference(wrapper, path, pixels)
-    path.with_suffix(".json").write_text(json.dumps(report, indent=2))
+    write_atomically(report_path, json.dumps(report, indent=2))
     log.info("Exported %s to %s\n%s", model.name, path, json.dumps(report, indent=2))
     return report
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,9 @@ from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
 from stn.data.images import ImageError, image_files, read_grey, to_canvas
-from stn.errors import ConfigError, user_errors_reported
+from stn.errors import ConfigError, UserError, user_errors_reported
 from stn.trained import TrainedModel, trained_model
-from stn.utils.runs import csv_text
+from stn.utils.runs import csv_text, write_atomically
 from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)
@@ -96,23 +97,37 @@ def picture(
     return sheet
 
 
+def picture_names(files: list[Path]) -> dict[Path, str]:
+    """A name for each input's pictures, unique among the inputs: the file's stem where no other
+    input shares it, else its path below the inputs' common folder (`a/x.png` -> `a_x.png`), so
+    that no input's pictures overwrite another's."""
+    stems = [path.stem for path in files]
+    if len(set(stems)) == len(stems):
+        return dict(zip(files, stems, strict=True))
+    common = Path(os.path.commonpath([path.absolute().parent for path in files]))
+    return {
+        path: str(path.absolute().relative_to(common)).replace(os.sep, "_").replace(".", "_")
+        for path in files
+    }
+
+
 @torch.no_grad()
 def predict_image(
-    model: TrainedModel, path: Path, invert: bool | None, top_k: int, out_dir: Path
+    model: TrainedModel, path: Path, invert: bool | None, top_k: int, out_dir: Path, name: str
 ) -> dict[str, Any]:
-    """One image's prediction and picture (written to `out_dir`)."""
+    """One image's prediction and pictures (written to `out_dir` as `<name>.*.png`)."""
     canvas_pixels, inverted = to_canvas(read_grey(path), model.canvas, invert)  # (1, S, S) in [0, 1]
     images = ((canvas_pixels - model.mean) / model.std)[None]  # (1, 1, S, S) normalised as in training
     seen, theta = model.network.transform(images)
     probabilities = model.network.classifier(seen).softmax(dim=1)[0]  # (classes,)
     top = probabilities.topk(min(top_k, probabilities.numel()))
     prediction, probability = int(top.indices[0]), float(top.values[0])
-    picture_file = out_dir / f"{path.stem}.stn.png"
+    picture_file = out_dir / f"{name}.stn.png"
     caption = f"{path.name}: {prediction} ({100 * probability:.1f}%)" + (", inverted" if inverted else "")
     seen_pixels = (seen[0] * model.std + model.mean).clamp(0, 1)  # back to [0, 1] pixels
     picture(model, canvas_pixels, seen_pixels, theta, caption).save(picture_file)
     # at native resolution: the model's input (white on black, its canvas) and the warped crop
-    canvas_file, crop_file = out_dir / f"{path.stem}.input.png", out_dir / f"{path.stem}.crop.png"
+    canvas_file, crop_file = out_dir / f"{name}.input.png", out_dir / f"{name}.crop.png"
     _grey(canvas_pixels[0]).save(canvas_file)
     _grey(seen_pixels[0]).save(crop_file)
     return {
@@ -151,16 +166,17 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
+    names = picture_names(files)
     for path in files:
         try:
-            result = predict_image(model, path, invert, top_k, out_dir)
+            result = predict_image(model, path, invert, top_k, out_dir, names[path])
             log.info("%s: %d (%.1f%%)", path, result["prediction"], 100 * result["probability"])
         except ImageError as error:
             log.warning("%s: %s", path, error)
             result = {"file": str(path), "error": str(error)}
         results.append(result)
-    (out_dir / "predictions.json").write_text(
-        json.dumps({"model": model.name, "predictions": results}, indent=2)
+    write_atomically(
+        out_dir / "predictions.json", json.dumps({"model": model.name, "predictions": results}, indent=2)
     )
     rows = [
         {
@@ -177,9 +193,16 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         }
         for r in results
     ]
-    (out_dir / "predictions.csv").write_text(csv_text([list(rows[0]), *(list(row.values()) for row in rows)]))
+    write_atomically(
+        out_dir / "predictions.csv", csv_text([list(rows[0]), *(list(row.values()) for row in rows)])
+    )
     done = sum(1 for r in results if not r["error"])
     log.info("%d of %d images predicted; results in %s", done, len(results), out_dir / "predictions.csv")
+    if not done:
+        raise UserError(
+            f"none of the {len(results)} images could be predicted (the first: {results[0]['error']}); "
+            f"each one's error is in {out_dir / 'predictions.csv'}"
+        )
     return results
 
 

@@ -21,6 +21,8 @@ from PIL import Image
 
 from stn.errors import ConfigError, RunInterrupted, UserError
 from stn.eval import evaluate
+from stn.export import export
+from stn.predict import predict
 from stn.train import train
 from stn.trained import checkpoint_model, sha256, zoo_manifest, zoo_model
 from stn.utils.resume import _move_log
@@ -263,3 +265,89 @@ def test_a_stopped_run_fails_and_its_resume_keeps_the_whole_history(tmp_path: Pa
     assert last["callbacks"]["Timer"]["time_elapsed"]["train"] == pytest.approx(
         metrics["time/fit_seconds"], abs=1.0
     )
+
+
+def _export_cfg(tmp_path: Path, mnist_dir: Path, *overrides: str):
+    cfg = compose_config("export.yaml", ["model_name=stn_mnist", "check_images=8", *overrides])
+    cfg.paths.output_dir = str(tmp_path / "run")
+    cfg.data_dir = str(mnist_dir)
+    return cfg
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ("m.json", "allowed a file name ending in .onnx"),
+        ("x.onnx", "x.json already exists"),  # an unrelated report-named file beside it
+        ("blocker/m.onnx", "blocker is a file, not a folder"),
+        ("folder.onnx", "is a folder"),
+    ],
+)
+def test_export_never_replaces_a_file_it_was_not_asked_to(
+    output: str, message: str, tmp_path: Path, mnist_dir
+):
+    (tmp_path / "x.json").write_text("the user's")
+    (tmp_path / "blocker").write_text("a file")
+    (tmp_path / "folder.onnx").mkdir()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match=message):
+        export(_export_cfg(tmp_path, mnist_dir, f"output_file={tmp_path / output}"))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+
+
+def test_export_replaces_only_with_overwrite(tmp_path: Path, mnist_dir: Path):
+    out = tmp_path / "m.pt"
+    export(_export_cfg(tmp_path, mnist_dir, f"output_file={out}", "format=torchscript"))
+    with pytest.raises(ConfigError, match="m.pt and .*m.json already exist"):
+        export(_export_cfg(tmp_path, mnist_dir, f"output_file={out}", "format=torchscript"))
+    report = export(
+        _export_cfg(tmp_path, mnist_dir, f"output_file={out}", "format=torchscript", "overwrite=true")
+    )
+    assert report["largest_difference"] < 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.pt"]  # no partial file left
+
+
+def _digit_png(path: Path, digit_image: Image.Image) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    digit_image.save(path)
+
+
+def test_predict_keeps_every_inputs_pictures_apart_and_fails_when_none_is_read(
+    tmp_path: Path, mnist_dir: Path
+):
+    from torchvision.datasets import MNIST
+
+    digits = MNIST(mnist_dir, train=False, download=True)
+    inputs = tmp_path / "in"
+    _digit_png(inputs / "a" / "x.png", digits[0][0])
+    _digit_png(inputs / "b" / "x.png", digits[1][0])
+    (inputs / "c").mkdir()
+    (inputs / "c" / "x.png").symlink_to(inputs / "gone.png")  # a dangling link: a line of its own
+    Image.new("L", (20000, 20000)).save(inputs / "bomb.png")  # a decompression bomb: a line of its own
+    cfg = compose_config("predict.yaml", ["model_name=stn_mnist", f"inputs={inputs}/*/x.*"])
+    cfg.paths.output_dir = str(tmp_path / "run")
+    results = predict(cfg)
+    pictures = [r["picture"] for r in results if not r["error"]]
+    assert len(pictures) == 2 and len(set(pictures)) == 2 and all(Path(p).is_file() for p in pictures)
+    assert [r["prediction"] for r in results if not r["error"]] == [digits[0][1], digits[1][1]]
+    (dangling,) = [r for r in results if r["error"]]
+    assert "which does not exist" in dangling["error"]
+
+    cfg.inputs = str(inputs / "bomb.png")
+    cfg.paths.output_dir = str(tmp_path / "bomb-run")
+    with pytest.raises(UserError, match="none of the 1 images could be predicted .*too large to read safely"):
+        predict(cfg)
+    assert (tmp_path / "bomb-run" / "predictions.csv").is_file()
+
+
+def test_a_float_tiff_is_read_by_its_own_range(tmp_path: Path, mnist_dir: Path):
+    import numpy as np
+    from torchvision.datasets import MNIST
+
+    from stn.data.images import read_grey
+
+    digit = np.asarray(MNIST(mnist_dir, train=False, download=True)[0][0], dtype=np.float32)
+    for scale, name in ((1 / 255, "unit.tif"), (1000 / 255, "wide.tif")):
+        Image.fromarray(digit * scale, mode="F").save(tmp_path / name)
+        grey = read_grey(tmp_path / name)
+        assert float(grey.max()) == pytest.approx(1.0) and float(grey.min()) == pytest.approx(0.0)

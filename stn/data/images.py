@@ -13,6 +13,8 @@ were before they were moved.
 
 from __future__ import annotations
 
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,16 +34,39 @@ class ImageError(UserError):
     """An image that cannot be read or holds no digit."""
 
 
+def _levels(image: Image.Image) -> np.ndarray:
+    """(H, W) grey levels in [0, 1] of an image in any mode: 8-bit, 16- and 32-bit integers and
+    floats (a scientific TIFF) are scaled by their own range rather than clipped to 0 or 255."""
+    if image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGBA")
+        paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(paper, image)
+    if image.mode == "F" or image.mode.startswith("I"):
+        levels = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(levels).all():
+            raise ValueError("it holds values that are not finite numbers")
+        low, high = float(levels.min()), float(levels.max())
+        if not (low >= 0.0 and high <= 1.0):  # not already in [0, 1]: its own range
+            levels = (levels - low) / (high - low) if high > low else np.zeros_like(levels)
+        return levels.astype(np.float32)
+    return np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+
+
 def read_grey(path: Path) -> torch.Tensor:
     """(H, W) float grey levels in [0, 1]; transparency is composited onto white paper."""
+    if path.is_symlink() and not path.exists():
+        raise ImageError(f"{path} is a link to {os.readlink(path)}, which does not exist")
     try:
-        with Image.open(path) as image:
-            image.load()
-            if image.mode in ("RGBA", "LA", "P"):
-                image = image.convert("RGBA")
-                paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
-                image = Image.alpha_composite(paper, image)
-            grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+        with warnings.catch_warnings():  # PIL warns, then refuses, on images past its pixel limit
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()
+                grey = _levels(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"{path} is too large to read safely (more than {Image.MAX_IMAGE_PIXELS:,} pixels); "
+            "scale it down first"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
         reason = "empty file" if path.is_file() and path.stat().st_size == 0 else str(error).splitlines()[0]
         raise ImageError(f"cannot read {path} as an image ({reason})") from None
@@ -118,12 +143,17 @@ def to_canvas(grey: torch.Tensor, canvas: int, invert: bool | None = None) -> tu
 
 
 def image_files(pattern: str) -> list[Path]:
-    """The images `pattern` names: a file, a folder (its image files), or a glob."""
+    """The images `pattern` names: a file, a folder (its image files), or a glob. A link whose
+    target is gone is kept, so that it gets its line among the results (read_grey)."""
     path = Path(pattern).expanduser()
+
+    def listed(p: Path) -> bool:
+        return p.is_file() or (p.is_symlink() and not p.exists())
+
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if path.exists():
+        return sorted(p for p in path.iterdir() if listed(p) and p.suffix.lower() in IMAGE_SUFFIXES)
+    if path.exists() or path.is_symlink():
         return [path]
     root = Path(path.anchor) if path.is_absolute() else Path(".")
     relative = str(path.relative_to(path.anchor)) if path.is_absolute() else str(path)
-    return sorted(p for p in root.glob(relative) if p.is_file())
+    return sorted(p for p in root.glob(relative) if listed(p))
