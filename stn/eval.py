@@ -2,7 +2,8 @@
 or a model of the zoo on the data it was trained on: `python -m stn.eval model_name=stn_mnist`.
 
 When the checkpoint sits in a run folder of this project, the model config that trained it is read
-from that run's `.hydra/config.yaml`, so `model=` need not be repeated.
+from that run's `.hydra/config.yaml` (stn.trained.checkpoint_model, the loader predict, export,
+paper_table and the zoo share), so `model=` need not be repeated.
 """
 
 from __future__ import annotations
@@ -17,28 +18,12 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError, user_errors_reported
-from stn.trained import run_config, zoo_model
+from stn.trained import checkpoint_model, load_weights, run_config, zoo_model
 from stn.utils.checks import check_config
 from stn.utils.instantiators import build, instantiate_group
 from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)
-
-SPEED_KEYS = ("channels_last", "compile", "compile_mode")
-
-
-def _test(
-    trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule, checkpoint: Path
-) -> None:
-    try:
-        trainer.test(model, datamodule=datamodule, ckpt_path=str(checkpoint))
-    except RuntimeError as error:
-        if "state_dict" not in str(error):
-            raise
-        raise ConfigError(
-            f"{checkpoint} does not fit this model config ({str(error).splitlines()[0]}); without its run "
-            "folder the model it was trained with is not known: pass it, e.g. model=cnn or model=stn_tps"
-        ) from None
 
 
 def evaluate_zoo_model(cfg: DictConfig) -> dict[str, float]:
@@ -75,19 +60,25 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     checkpoint = Path(str(cfg.ckpt_path))
     if not checkpoint.is_file():
         raise ConfigError(f"ckpt_path={cfg.ckpt_path} is not a checkpoint file")
-    saved = run_config(checkpoint)
-    if saved is not None and cfg.get("model_from_run", True):
+    if run_config(checkpoint) is not None and cfg.get("model_from_run", True):
         log.info("Using the model config of the run that wrote %s", checkpoint)
-        speed = {key: cfg.model[key] for key in SPEED_KEYS if key in cfg.model}
-        cfg.model = saved.model
-        cfg.model.update(speed)  # how to run fast is this machine's choice, not the run's
+        trained = checkpoint_model(checkpoint)  # the one loader: checked config, weights_only
+        cfg.model = trained.model_config
         for key in ("mean", "std"):
-            cfg.data[key] = saved.data.get(key, cfg.data[key])
-    check_config(cfg)
+            cfg.data[key] = trained.data_config.get(key, cfg.data[key])
+        check_config(cfg)
+        model = trained.module
+    else:  # a checkpoint without its run folder: the model config is this command's
+        check_config(cfg)
+        model = build(cfg, "model")
+        load_weights(
+            model, checkpoint,
+            why="; without its run folder the model it was trained with is not known: pass it, "
+            "e.g. model=cnn or model=stn_tps",
+        )  # fmt: skip
     datamodule = build(cfg, "data")
-    model = build(cfg, "model")
     trainer: L.Trainer = build(cfg, "trainer", logger=instantiate_group(cfg.get("logger")))
-    _test(trainer, model, datamodule, checkpoint)
+    trainer.test(model, datamodule=datamodule)
     metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
     log.info("Test metrics of %s:\n%s", checkpoint, json.dumps(metrics, indent=2, sort_keys=True))
     return metrics

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,9 @@ from omegaconf import DictConfig
 from torchvision.utils import make_grid, save_image
 
 from stn.callbacks.transform_grid import at_input_size
+from stn.errors import UserError
 from stn.pictures import labelled_rows
+from stn.trained import checkpoint_model
 from stn.utils.runs import csv_text, run_folders, write_atomically
 
 PAPER_COLUMNS = {  # the data= choice -> its column in the paper's table
@@ -81,10 +84,17 @@ def find_runs(root: Path) -> list[Run]:
     """Every finished run below `root` trained on a distorted variant."""
     runs = []
     for run in run_folders(root):
-        metrics = run.metrics or {}
-        if run.choices.get("data") not in PAPER_COLUMNS or "test/acc" not in metrics:
+        try:  # one broken run folder is skipped with a line; the others are tabulated
+            metrics = run.metrics or {}
+            if run.choices.get("data") not in PAPER_COLUMNS or "test/acc" not in metrics:
+                continue
+            config = run.config()
+        except UserError as error:
+            print(f"skipped {run.path}: {error}", file=sys.stderr)
             continue
-        config = run.config()
+        if not isinstance(metrics["test/acc"], (int, float)) or not math.isfinite(metrics["test/acc"]):
+            print(f"skipped {run.path}: its test/acc is {metrics['test/acc']!r}", file=sys.stderr)
+            continue
         runs.append(
             Run(
                 folder=run.path,
@@ -184,13 +194,6 @@ def write_table(runs: list[Run], out: Path) -> str:
     return markdown
 
 
-def load_trained(run: Run) -> torch.nn.Module:
-    model = instantiate(run.config.model)
-    state = torch.load(run.checkpoint, map_location="cpu", weights_only=True)
-    model.load_state_dict(state["state_dict"])
-    return model.eval()
-
-
 def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
     """Per variant: the first `count` fixed test digits, then each transformer model's output."""
     written = []
@@ -209,9 +212,9 @@ def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
         images, _ = datamodule.test_set.batch(slice(None))
         rows = [images]
         for model_name in transformers:
-            model = load_trained(chosen[model_name])
+            network = checkpoint_model(Path(chosen[model_name].checkpoint)).network
             with torch.no_grad():
-                rows.append(at_input_size(model.net.transform(images)[0], images))
+                rows.append(at_input_size(network.transform(images)[0], images))
         pixels = torch.cat(rows) * cfg.data.std + cfg.data.mean
         path = out / f"paper_{variant}.png"
         grid = make_grid(pixels.clamp(0, 1), nrow=count, padding=2, pad_value=1.0)

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from stn.errors import UserError
 from stn.utils.runs import csv_text, run_folders, saved_config, split_override, write_atomically
 
 METRICS = ("val/acc_best", "val/loss", "test/acc", "test/loss", "time/fit_seconds")
@@ -39,13 +40,17 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return bool(self.metrics)
+        """It wrote its metrics, and every one of them is a number (a NaN or inf metric is a run
+        that went wrong, never one to rank)."""
+        return bool(self.metrics) and all(math.isfinite(value) for value in self.metrics.values())
 
     @property
     def status(self) -> str:
         """ok, diverged (the loss stopped being finite) or failed."""
         if self.finished:
             return "ok"
+        if self.metrics:  # finished, but with a metric that is not a number
+            return "diverged"
         return "diverged" if (self.error or "").startswith("training diverged") else "failed"
 
 
@@ -61,12 +66,31 @@ def job_error(folder: Path) -> str:
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job folder of the sweep; one whose record cannot be read (a broken overrides.yaml or
+    metrics.json) is a failed job with that sentence as its error, and the others still count."""
     jobs = []
     for run in run_folders(sweep_dir):
-        overrides = dict(split_override(override) for override in run.overrides)
-        if run.metrics is not None:
-            metrics = {k: float(v) for k, v in run.metrics.items() if isinstance(v, (int, float))}
-            jobs.append(Job(run.path, overrides, metrics))
+        try:
+            overrides = dict(split_override(override) for override in run.overrides)
+        except UserError as error:
+            jobs.append(Job(run.path, {}, error=str(error)))
+            continue
+        try:
+            run_metrics = run.metrics
+        except UserError as error:
+            jobs.append(Job(run.path, overrides, error=str(error)))
+            continue
+        if run_metrics is not None:
+            metrics = {
+                k: float(v)
+                for k, v in run_metrics.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+            job = Job(run.path, overrides, metrics)
+            if not job.finished:
+                bad = ", ".join(f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
+                job.error = f"metrics that are not numbers: {bad}"
+            jobs.append(job)
         else:
             jobs.append(Job(run.path, overrides, error=job_error(run.path)))
     return sorted(jobs, key=lambda j: (len(j.name), j.name))
@@ -233,7 +257,10 @@ def sweep_metric(jobs: list[Job]) -> str:
     """The metric the sweep optimised (`optimized_metric` in the jobs' config)."""
     for job in jobs:
         if (job.folder / ".hydra" / "config.yaml").is_file():
-            return str(saved_config(job.folder).get("optimized_metric", METRICS[0]))
+            try:
+                return str(saved_config(job.folder).get("optimized_metric", METRICS[0]))
+            except UserError as error:
+                print(f"skipped {job.folder}'s config: {error}", file=sys.stderr)
     return METRICS[0]
 
 

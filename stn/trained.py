@@ -20,6 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError, UserError
+from stn.utils.checkpoints import read_checkpoint
 from stn.utils.instantiators import build
 from stn.utils.runs import RUN_CONFIG, saved_config
 from stn.utils.untrusted import check_targets, load_untrusted
@@ -96,6 +97,16 @@ def _built(model_config: DictConfig, data_config: DictConfig, source: Path) -> L
     return build(cfg, "model")
 
 
+def load_weights(module: torch.nn.Module, checkpoint: Path, why: str = "") -> None:
+    """`checkpoint`'s weights into `module`; one sentence if they do not fit (`why` says what to do)."""
+    try:
+        module.load_state_dict(read_checkpoint(checkpoint)["state_dict"])
+    except RuntimeError as error:
+        raise UserError(
+            f"{checkpoint} does not fit this model config ({str(error).splitlines()[0]}){why}"
+        ) from None
+
+
 def checkpoint_model(checkpoint: Path) -> TrainedModel:
     """The model that wrote `checkpoint`, a file in a run folder of this project."""
     if not checkpoint.is_file():
@@ -107,12 +118,7 @@ def checkpoint_model(checkpoint: Path) -> TrainedModel:
             "<run>/.hydra/config.yaml), so the model it was trained with is not known"
         )
     module = _built(saved.model, saved.data, checkpoint)
-    try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
-    except (RuntimeError, KeyError, EOFError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"ckpt_path={checkpoint} cannot be loaded into its run's model: {first}") from None
+    load_weights(module, checkpoint)
     return TrainedModel(str(checkpoint), module.eval(), saved.model, saved.data)
 
 

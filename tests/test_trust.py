@@ -16,6 +16,7 @@ import lightning as L
 import pytest
 import torch
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
@@ -351,3 +352,57 @@ def test_a_float_tiff_is_read_by_its_own_range(tmp_path: Path, mnist_dir: Path):
         Image.fromarray(digit * scale, mode="F").save(tmp_path / name)
         grey = read_grey(tmp_path / name)
         assert float(grey.max()) == pytest.approx(1.0) and float(grey.min()) == pytest.approx(0.0)
+
+
+def test_the_summary_never_ranks_a_nan_first_and_skips_what_it_cannot_read(finished_run, tmp_path, capsys):
+    from stn.paper_table import find_runs
+    from stn.summarize import main as summarize
+
+    sweep = tmp_path / "sweep"
+    for job in range(4):
+        shutil.copytree(finished_run, sweep / str(job))
+    nan = json.loads((sweep / "1" / "metrics.json").read_text()) | {"val/acc_best": float("nan")}
+    (sweep / "1" / "metrics.json").write_text(json.dumps(nan))  # json writes NaN, as Python's does
+    (sweep / "2" / "metrics.json").write_text("{broken")
+    (sweep / "3" / ".hydra" / "overrides.yaml").write_text("- [unclosed")
+    assert summarize([str(sweep)]) == 0
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [(r["job"], r["status"]) for r in rows] == [
+        ("0", "ok"),
+        ("1", "diverged"),
+        ("2", "failed"),
+        ("3", "failed"),
+    ]
+    assert "val/acc_best=nan" in rows[1]["error"] and "is not JSON" in rows[2]["error"]
+    assert "cannot be read as YAML" in rows[3]["error"]
+    assert find_runs(sweep) == []  # not a distorted variant; the broken folders are skipped with a line
+    assert "skipped" in capsys.readouterr().err
+
+
+def test_a_checkpoint_is_never_half_written(tmp_path: Path, monkeypatch):
+    from stn.utils.checkpoints import AtomicCheckpointIO, CheckpointNotSaved
+
+    target = tmp_path / "checkpoints" / "epoch_001.ckpt"
+    writer = AtomicCheckpointIO()
+    writer.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+    before = target.read_bytes()
+
+    def full_disk(obj, path):
+        Path(path).write_bytes(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(
+        CheckpointNotSaved, match=r"\(No space left on device\); the previous epoch_001.ckpt is kept"
+    ):
+        writer.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
+    assert target.read_bytes() == before and sorted(p.name for p in target.parent.iterdir()) == [target.name]
+
+
+def test_a_run_writes_its_checkpoints_through_the_atomic_writer(finished_run: Path):
+    from stn.utils.checkpoints import AtomicCheckpointIO
+
+    cfg = compose_config("train.yaml")
+    trainer = instantiate(cfg.trainer, accelerator="cpu")
+    assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+    assert not list((finished_run / "checkpoints").glob(".*partial"))

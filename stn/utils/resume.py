@@ -20,10 +20,10 @@ import logging
 import shutil
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from stn.errors import ConfigError
+from stn.errors import ConfigError, UserError
+from stn.utils.checkpoints import read_checkpoint
 from stn.utils.runs import (
     CREATED_RUN_DIRS,
     LAST_CHECKPOINT,
@@ -138,15 +138,12 @@ def _check_same_run(folder: Path, cfg: DictConfig, restore: bool) -> None:
 
 def _check_readable(checkpoint: Path) -> None:
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or "state_dict" not in state:
-            raise ValueError("not a Lightning checkpoint")
-    except Exception as error:
+        read_checkpoint(checkpoint)
+    except UserError as error:
         earlier = sorted(checkpoint.parent.glob("epoch_*.ckpt"))
         way_on = f"ckpt_path={earlier[-1]} (the best epoch)" if earlier else "a new run folder"
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
         raise ConfigError(
-            f"{checkpoint} cannot be read ({reason}), so the run cannot resume from it. Go on from "
+            f"{error}, so the run cannot resume from it. Go on from "
             f"{way_on}, or delete {checkpoint.name} to start this folder's run afresh"
         ) from None
 
@@ -182,7 +179,9 @@ def apply_resume_point(cfg: DictConfig, overrides: list[str]) -> str | None:
     checkpoint, folder = resume_point(cfg.get("ckpt_path"), output_dir, Path(cfg.paths.log_dir), overrides)
     check_writable(folder / LAST_CHECKPOINT.parent)
     if checkpoint is None or Path(checkpoint).parent != folder / LAST_CHECKPOINT.parent:
-        record_run_config(output_dir)  # a fresh run, or a new run that starts from a given checkpoint
+        if checkpoint is not None:  # a new run that starts from a given checkpoint: readable, safely
+            read_checkpoint(Path(checkpoint))
+        record_run_config(output_dir)
         return checkpoint
     if folder != output_dir:
         cfg.paths.output_dir = str(folder)

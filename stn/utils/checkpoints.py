@@ -1,0 +1,56 @@
+"""Reading and writing checkpoints safely: nothing in a read checkpoint runs, and a written one is
+never half a file under its final name."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from stn.errors import UserError
+
+
+def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
+    """A Lightning checkpoint's contents, read with `weights_only=True` (no pickle code runs): one
+    sentence for a file that is not one, never torch's advice to read it unsafely."""
+    try:
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise ValueError("not a Lightning checkpoint (no state_dict)")
+    except Exception as error:  # pickle, zip and torch raise many types
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if "weights_only" in str(error):  # a pickle that asks for code: never advise running it
+            first = "it holds objects other than tensors and plain values, which are not loaded"
+        raise UserError(f"{checkpoint} cannot be read as a checkpoint ({first[:200]})") from None
+    return state
+
+
+class CheckpointNotSaved(UserError):
+    """A checkpoint could not be written (a full disk, a folder gone): the previous one is kept."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, writing beside the final name and renaming: a reader (a
+    resume, `stn.zoo add`) sees the previous checkpoint or the new one, never half a file, even
+    when the disk fills up while it is written (Lightning's own writer copies a temporary file
+    across filesystems)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.partial")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(checkpoint, partial)
+            os.replace(partial, target)
+        except OSError as error:
+            partial.unlink(missing_ok=True)
+            kept = (
+                f"the previous {target.name} is kept" if target.exists() else f"no {target.name} was written"
+            )
+            raise CheckpointNotSaved(
+                f"{target} could not be written ({error.strerror or error}); {kept}. Free space, then "
+                "resume with the same command and ckpt_path=last"
+            ) from None
