@@ -18,6 +18,7 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.callbacks import Timer
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
@@ -55,7 +56,9 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     apply_job_share(cfg, hydra_cfg)
     ckpt_path = apply_resume_point(cfg, list(hydra_cfg.overrides.task) if hydra_cfg else [])
-    with run_lock(Path(cfg.paths.output_dir)):  # one process trains in a folder at a time
+    if rank_zero_only.rank != 0:  # DDP's other ranks train in rank 0's folder, under its lock
+        return _fit_and_test(cfg, ckpt_path, hydra_cfg)
+    with run_lock(Path(cfg.paths.output_dir)):  # one command trains in a folder at a time
         return _fit_and_test(cfg, ckpt_path, hydra_cfg)
 
 

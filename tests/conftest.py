@@ -76,14 +76,18 @@ def check_and_build(cfg: DictConfig) -> None:
     build(cfg, "model")
 
 
-def small_run(cfg: DictConfig, output_dir: Path, data_dir: Path) -> DictConfig:
-    """Point a composed config at a temporary run folder, the test data and a small subset."""
+def small_run(cfg: DictConfig, output_dir: Path, data_dir: Path, sizes: bool = True) -> DictConfig:
+    """Point a composed config at a temporary run folder, the test data and (with `sizes`; else
+    the overrides it was composed with say) a small subset."""
     with open_dict(cfg):
         cfg.paths.output_dir = str(output_dir)
         cfg.paths.log_dir = str(output_dir)  # where loggers that keep one store write (logger=mlflow)
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = 0
         cfg.data.data_dir = str(data_dir)
+        if not sizes:
+            HydraConfig().set_config(cfg)
+            return cfg
         cfg.data.train_subset = 512
         cfg.data.test_subset = 256
         cfg.trainer.accelerator = "cpu"
@@ -112,7 +116,7 @@ def train_in_process(overrides: list[str], run_dir: Path, data_dir: Path) -> dic
     as the command leaves it (its `.hydra/` record, checkpoints, logs, metrics.json)."""
     from stn.train import train
 
-    cfg = small_run(compose_config("train.yaml", overrides), run_dir, data_dir)
+    cfg = small_run(compose_config("train.yaml", overrides), run_dir, data_dir, sizes=False)
     write_hydra_record(cfg, run_dir)
     try:
         return train(cfg)

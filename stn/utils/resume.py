@@ -159,7 +159,7 @@ def _move_log(stub: Path, folder: Path) -> None:
         if filename and Path(filename).parent == stub:
             root.removeHandler(handler)
             handler.close()
-            moved = logging.FileHandler(folder / Path(filename).name, mode="a")
+            moved = logging.FileHandler(folder / Path(filename).name, mode="a", delay=True)
             moved.setFormatter(handler.formatter)
             moved.setLevel(handler.level)
             root.addHandler(moved)
