@@ -229,3 +229,17 @@ def test_the_shared_run_folder_is_what_the_command_leaves(finished_run: Path):
     assert "val/acc" in (finished_run / "csv" / "metrics.csv").read_text().splitlines()[0]
     for record in (".hydra", "run_config"):
         assert (finished_run / record / "config.yaml").is_file()
+
+
+def test_the_test_loss_is_the_same_at_any_batch_size(mnist_dir: Path):
+    from stn.eval import evaluate as evaluate_in_process
+
+    losses = {}
+    for batch_size in (64, 256, 1000):
+        overrides = ["model_name=stn_mnist", "trainer.accelerator=cpu", f"data.batch_size={batch_size}"]
+        cfg = compose_config("eval.yaml", [*overrides, "data.test_subset=1000", f"data.data_dir={mnist_dir}"])
+        HydraConfig().set_config(cfg)
+        losses[batch_size] = evaluate_in_process(cfg)["test/loss"]
+    # 1000 images: batches of 64 end in a partial batch of 40, which weighs 40 images, not 64
+    assert losses[64] == pytest.approx(losses[1000], rel=1e-5)
+    assert losses[256] == pytest.approx(losses[1000], rel=1e-5)
