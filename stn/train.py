@@ -27,7 +27,7 @@ from stn.utils.checks import check_config
 from stn.utils.config_tree import show_config
 from stn.utils.instantiators import build, instantiate_group
 from stn.utils.parallel import apply_job_share
-from stn.utils.resume import apply_resume_point
+from stn.utils.resume import apply_resume_point, finished_here
 from stn.utils.runs import run_lock, write_atomically
 from stn.utils.sweep_checks import check_single_run_keys
 
@@ -55,6 +55,9 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
     check_config(cfg)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     apply_job_share(cfg, hydra_cfg)
+    finished = finished_here(cfg)
+    if finished is not None:
+        return finished
     ckpt_path = apply_resume_point(cfg, list(hydra_cfg.overrides.task) if hydra_cfg else [])
     if rank_zero_only.rank != 0:  # DDP's other ranks train in rank 0's folder, under its lock
         return _fit_and_test(cfg, ckpt_path, hydra_cfg)

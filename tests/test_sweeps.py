@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import optuna
@@ -14,9 +17,13 @@ from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from stn.utils.parallel import JobShare, concurrent_jobs, job_share
+from stn.utils.sweep_checks import descendants
 
 from .conftest import (
+    ROOT,
     TINY,
+    cli_command,
+    cli_env,
     compose_config,
     jobs_of,
     multirun,
@@ -103,6 +110,39 @@ def test_joblib_runs_jobs_in_parallel_with_their_share_of_the_cores(tmp_path: Pa
         hparams, metrics = _hparams_session(job)
         assert {"model.optimizer.lr", "model.localization.depth", "data.batch_size", "model"} <= hparams
         assert {"hp/val/acc_best", "hp/test/acc"} <= metrics
+
+
+@pytest.mark.slow
+def test_sigterm_stops_a_joblib_sweep_and_its_workers(tmp_path: Path, mnist_dir: Path):
+    sweep = tmp_path / "sweep"
+    command = cli_command(
+        "stn.train", "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
+        "data.train_subset=16384", "data.batch_size=32", "trainer.max_epochs=3", "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    parent = subprocess.Popen(
+        command, cwd=ROOT, env=cli_env(mnist_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 120
+    while len(list(sweep.glob("*/checkpoints"))) < 2:  # both jobs are training
+        assert parent.poll() is None and time.monotonic() < deadline, "the sweep ended before the signal"
+        time.sleep(0.2)
+    workers = descendants(parent.pid)
+    assert workers
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 128 + signal.SIGTERM
+    assert "the sweep was stopped (SIGTERM)" in parent.stderr.read().decode()
+    time.sleep(1)
+    alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
+    assert alive == []
+    assert not list(sweep.glob("*/metrics.json"))  # no job went on to finish
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "Z"
 
 
 @pytest.mark.slow

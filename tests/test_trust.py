@@ -406,3 +406,16 @@ def test_a_run_writes_its_checkpoints_through_the_atomic_writer(finished_run: Pa
     trainer = instantiate(cfg.trainer, accelerator="cpu")
     assert isinstance(trainer.strategy.checkpoint_io, AtomicCheckpointIO)
     assert not list((finished_run / "checkpoints").glob(".*partial"))
+
+
+def test_the_same_command_in_a_finished_runs_folder_has_nothing_to_do(
+    finished_run: Path, tmp_path: Path, mnist_dir
+):
+    from .conftest import train_in_process
+
+    again = tmp_path / "run"
+    shutil.copytree(finished_run, again)
+    before = {p.name: p.stat().st_mtime_ns for p in (again / "checkpoints").iterdir()}
+    metrics = train_in_process(FINISHED, again, mnist_dir)  # a sweep re-run into the same folder
+    assert metrics == json.loads((again / "metrics.json").read_text())
+    assert {p.name: p.stat().st_mtime_ns for p in (again / "checkpoints").iterdir()} == before

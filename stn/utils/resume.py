@@ -28,6 +28,7 @@ from stn.utils.runs import (
     CREATED_RUN_DIRS,
     LAST_CHECKPOINT,
     RUN_CONFIG,
+    RunFolder,
     check_writable,
     flatten,
     record_run_config,
@@ -170,6 +171,25 @@ def _move_log(stub: Path, folder: Path) -> None:
     only_ours = all(p == record or p.suffix == ".log" for p in stub.iterdir())
     if only_ours and (not record.is_dir() or all(p in made_here for p in record.iterdir())):
         shutil.rmtree(stub)
+
+
+def finished_here(cfg: DictConfig) -> dict | None:
+    """The metrics of the run this command already finished in its own folder (a sweep re-run into
+    the same folder, a job requeued after it finished): the same config and a metrics.json. Then
+    there is nothing to do. None otherwise, and always when a checkpoint was named."""
+    folder = Path(cfg.paths.output_dir)
+    record = folder / RUN_CONFIG
+    if cfg.get("ckpt_path") is not None or not (folder / "metrics.json").is_file():
+        return None
+    if not (record / "config.yaml").is_file():
+        return None
+    paths = OmegaConf.to_container(cfg.paths, resolve=True)
+    if config_differences(saved_config(folder, RUN_CONFIG.name, paths=paths), cfg):
+        return None
+    restore_run_config(folder)  # Hydra rewrote .hydra/ for this start
+    metrics = RunFolder(folder).metrics
+    log.info("%s already holds this run, finished (metrics.json): nothing to do", folder)
+    return metrics
 
 
 def apply_resume_point(cfg: DictConfig, overrides: list[str]) -> str | None:
