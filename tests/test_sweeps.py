@@ -42,7 +42,7 @@ def test_optuna_sweep_maximises_the_metric_and_resumes_its_study(tmp_path: Path,
         "hydra.sweeper.study_name=test",
         "hydra.sweeper.sampler.n_startup_trials=2",
     ]
-    for sweep, trials in (("a", 2), ("b", 1)):
+    for sweep, trials in (("a", 2), ("b", 2)):
         run(
             "stn.train",
             *common,
@@ -52,7 +52,12 @@ def test_optuna_sweep_maximises_the_metric_and_resumes_its_study(tmp_path: Path,
         )
 
     study = optuna.load_study(study_name="test", storage=storage)
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3  # 2, then 1 more
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4  # 2, then 2 more
+    # the resumed study drew new points, not the first run's again
+    first, resumed = study.trials[:2], study.trials[2:]
+    assert {t.params["model.optimizer.lr"] for t in first}.isdisjoint(
+        t.params["model.optimizer.lr"] for t in resumed
+    )
     assert set(study.best_params) == {
         "model.optimizer.lr",
         "model.localization.depth",
@@ -71,6 +76,29 @@ def test_optuna_sweep_maximises_the_metric_and_resumes_its_study(tmp_path: Path,
     assert study.best_value == pytest.approx(max(best_job))
     results = OmegaConf.load(tmp_path / "b" / "optimization_results.yaml")
     assert results.best_value == pytest.approx(study.best_value)
+
+
+@pytest.mark.slow
+def test_an_optuna_study_whose_every_trial_fails_says_so(tmp_path: Path, mnist_dir: Path):
+    process = run(
+        "stn.train", "hparams_search=optuna", *TINY, "trainer.max_epochs=-1", "hydra.sweeper.n_trials=2",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", data_dir=mnist_dir, check=False,
+    )  # fmt: skip
+    assert process.returncode == 1
+    assert "every trial of the study 'stn' failed, so it has no best point" in process.stderr
+    assert "No trials are completed yet" not in process.stderr and "Traceback" not in process.stderr
+
+
+def test_two_sweeps_creating_one_study_at_once_both_get_it(tmp_path: Path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from stn.utils.optuna_sweep import create_study
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: create_study(storage, "s", ["maximize"]), range(4)))
+    study = optuna.load_study(study_name="s", storage=storage)
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
 def _hparams_session(run_dir: Path) -> tuple[set[str], set[str]]:
