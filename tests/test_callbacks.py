@@ -118,3 +118,21 @@ def test_every_logger_and_the_rich_screens_run_offline(tmp_path: Path, mnist_dir
     assert any(offline.glob("*.wandb"))
     tree = (run_dir / "config_tree.log").read_text()  # the composed config, printed at start and kept
     assert tree.startswith("CONFIG") and "├── model" in tree and "RichProgressBar" in tree
+
+
+def test_a_run_that_learns_nothing_says_so_once(cfg_train, caplog):
+    from stn.train import train
+
+    cfg_train.model.optimizer.lr = 1e-30
+    cfg_train.trainer.max_epochs = 2
+    with caplog.at_level("WARNING", logger="stn.callbacks.stalled_loss"):
+        train(cfg_train)
+    warnings = [r.getMessage() for r in caplog.records if "is not learning" in r.getMessage()]
+    assert len(warnings) == 1 and "(model.optimizer.lr=1e-30)" in warnings[0]
+    caplog.clear()
+    cfg_train.model.optimizer.lr = 0.01  # a run that learns, in a folder of its own: no line
+    cfg_train.paths.output_dir = str(Path(cfg_train.paths.output_dir) / "learns")
+    cfg_train.trainer.max_epochs = 1
+    with caplog.at_level("WARNING", logger="stn.callbacks.stalled_loss"):
+        train(cfg_train)
+    assert not [r for r in caplog.records if "is not learning" in r.getMessage()]

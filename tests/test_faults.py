@@ -205,6 +205,11 @@ def test_one_failed_trial_does_not_end_an_optuna_study(tmp_path: Path, mnist_dir
         ("seed=-1", "seed=-1 is out of range: allowed integers 0..4294967295 or null"),
         ("seed=abc", "seed=abc is out of range: allowed integers 0..4294967295 or null"),
         ("seed=5000000000", "seed=5000000000 is out of range: allowed integers 0..4294967295 or null"),
+        (
+            "trainer.precision=xyz",
+            "trainer.precision=xyz is out of range: allowed 32-true | 32 | 16-mixed | 16 | bf16-mixed | bf16 "
+            "| 16-true | bf16-true | 64-true | 64 | transformer-engine | transformer-engine-float16",
+        ),
     ],
 )
 def test_values_of_the_wrong_type_or_range_are_one_sentence(override: str, message: str):

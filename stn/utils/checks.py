@@ -19,6 +19,13 @@ def _select(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None)
 
 
+# Lightning's `precision` values (lightning.fabric.connector), so a wrong one is one sentence here
+PRECISIONS = (
+    "32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64",
+    "transformer-engine", "transformer-engine-float16",
+)  # fmt: skip
+
+
 def _require(cfg: DictConfig, key: str, ok, allowed: str, required: bool = False) -> None:
     """ConfigError naming `key` unless its value is `ok`; an absent or null value passes unless `required`."""
     value = _select(cfg, key)
@@ -128,6 +135,7 @@ def check_config(cfg: DictConfig) -> None:
     _require(cfg, "num_threads", lambda v: is_int(v) and v >= 1, "integers >= 1 or null")
     _require(cfg, "seed", lambda v: is_int(v) and 0 <= v < 2**32, f"integers 0..{2**32 - 1} or null")
     _require(cfg, "trainer.max_epochs", lambda v: is_int(v) and v >= 1, "integers >= 1")
+    _require(cfg, "trainer.precision", lambda v: str(v) in PRECISIONS, " | ".join(PRECISIONS))
     if _select(cfg, "data.fast_path"):
         _require(cfg, "data.num_workers", lambda v: v == 0, "0 with data.fast_path=true (no DataLoader)")
     check_accelerator(cfg)
