@@ -2,7 +2,7 @@
 or a model of the zoo on the data it was trained on: `python -m stn.eval model_name=stn_mnist`.
 
 When the checkpoint sits in a run folder of this project, the model config that trained it is read
-from that run's `.hydra/config.yaml` (stn.trained.checkpoint_model, the loader predict, export,
+from that run's `.hydra/config.yaml` (stn.loading.checkpoint_model, the loader predict, export,
 paper_table and the zoo share), so `model=` need not be repeated.
 """
 
@@ -18,7 +18,7 @@ import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError, user_errors_reported
-from stn.trained import checkpoint_model, load_weights, run_config, zoo_model
+from stn.loading import checkpoint_model, load_weights, run_config, zoo_model
 from stn.utils.checks import check_config
 from stn.utils.instantiators import build, instantiate_group
 from stn.utils.sweep_checks import check_single_run_keys

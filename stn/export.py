@@ -29,7 +29,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from stn.errors import ConfigError, UserError, user_errors_reported
-from stn.trained import TrainedModel, trained_model
+from stn.loading import TrainedModel, trained_model
 from stn.utils.runs import write_atomically
 from stn.utils.sweep_checks import check_single_run_keys
 

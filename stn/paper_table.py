@@ -27,8 +27,8 @@ from torchvision.utils import make_grid, save_image
 
 from stn.callbacks.transform_grid import at_input_size
 from stn.errors import UserError
+from stn.loading import checkpoint_model
 from stn.pictures import labelled_rows
-from stn.trained import checkpoint_model
 from stn.utils.runs import csv_text, run_folders, write_atomically
 
 PAPER_COLUMNS = {  # the data= choice -> its column in the paper's table

@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw
 
 from stn.data.images import ImageError, image_files, read_grey, to_canvas
 from stn.errors import ConfigError, UserError, user_errors_reported
-from stn.trained import TrainedModel, trained_model
+from stn.loading import TrainedModel, trained_model
 from stn.utils.runs import csv_text, write_atomically
 from stn.utils.sweep_checks import check_single_run_keys
 

@@ -7,7 +7,7 @@
 (the model and data config it was trained with) and the manifest entry: the command that trained
 it, both files' sha256 and size, the parameter count, the run's own test accuracy, and the test
 accuracy of the zoo copy itself, measured here on the full test set of its data (what
-tests/test_zoo.py checks it still scores). Models are loaded with `stn.trained.zoo_model`.
+tests/test_zoo.py checks it still scores). Models are loaded with `stn.loading.zoo_model`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from omegaconf import OmegaConf
 
 from stn.errors import UserError
-from stn.trained import (
+from stn.loading import (
     MANIFEST,
     ZOO_DIR,
     TrainedModel,

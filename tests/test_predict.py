@@ -14,8 +14,8 @@ from torchvision.datasets import MNIST
 
 from stn.data.images import ImageError, to_canvas
 from stn.export import PixelsToPrediction, export_onnx, export_torchscript, run_exported
+from stn.loading import ZOO_DIR, TrainedModel, sha256, zoo_manifest, zoo_model
 from stn.predict import sampled_outline
-from stn.trained import ZOO_DIR, TrainedModel, sha256, zoo_manifest, zoo_model
 from stn.utils.instantiators import build
 from stn.zoo import accuracy_on_test_set
 

@@ -23,9 +23,9 @@ from PIL import Image
 from stn.errors import ConfigError, RunInterrupted, UserError
 from stn.eval import evaluate
 from stn.export import export
+from stn.loading import checkpoint_model, sha256, zoo_manifest, zoo_model
 from stn.predict import predict
 from stn.train import train
-from stn.trained import checkpoint_model, sha256, zoo_manifest, zoo_model
 from stn.utils.resume import _move_log
 from stn.utils.runs import CREATED_RUN_DIRS, RunFolder, new_run_dir, run_lock, saved_config
 from stn.utils.untrusted import project_targets
