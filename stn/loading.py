@@ -1,10 +1,12 @@
 """A trained model, from a run's checkpoint or from the model zoo (`zoo/`): the LightningModule with
 its weights, and the model and data config it was trained with (so its canvas and normalisation
-are known). Shared by `stn.eval`, `stn.predict` and `stn.export`.
+are known). The one loader: `stn.eval`, `stn.predict`, `stn.export`, `stn.paper_table` and
+`stn.zoo` all use it. Reading is reading data: the config is checked (stn/utils/untrusted.py) and
+the weights are read without pickle (a checkpoint with `weights_only`, the zoo as safetensors).
 
-The zoo keeps small models in the repository as safetensors state dicts (no pickle), each with its
-config, its test accuracy, the command that trained it and the weights' sha256, in
-`zoo/manifest.json`; `zoo_model(name)` checks the hash before loading.
+The zoo keeps small models in the repository as safetensors state dicts, each with its config,
+its test accuracy, the command that trained it and both files' sha256, in `zoo/manifest.json`;
+`zoo_model(name)` checks the hashes before reading either file.
 """
 
 from __future__ import annotations
