@@ -65,7 +65,7 @@ def test_transform_health_logs_figures_and_stays_quiet_on_a_healthy_run(tmp_path
     events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"histograms": 0}).Reload()
     histograms = set(events.Tags()["histograms"])
     for figure in ("scale", "rotation", "shear", "translation", "outside_fraction", "background_fraction"):
-        assert f"transform/{figure}" in histograms
+        assert f"transform_spread/{figure}" in histograms
         assert len(events.Histograms(f"transform/{figure}")) == 2  # one per validation epoch
 
 
@@ -136,3 +136,26 @@ def test_a_run_that_learns_nothing_says_so_once(cfg_train, caplog):
     with caplog.at_level("WARNING", logger="stn.callbacks.stalled_loss"):
         train(cfg_train)
     assert not [r for r in caplog.records if "is not learning" in r.getMessage()]
+
+
+def test_tensorboard_shows_what_was_logged_with_its_default_loader(finished_run: Path):
+    """A histogram's tag is its own (the default loader hides one that shares its scalar's tag),
+    and the HParams metrics start at their first real value, not at a placeholder 0."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    events = EventAccumulator(
+        str(finished_run / "tensorboard"), size_guidance={"histograms": 0, "scalars": 0}
+    )
+    events.Reload()
+    tags = events.Tags()
+    assert "transform_spread/scale" in tags["histograms"]
+    assert not set(tags["histograms"]) & set(tags["scalars"])
+    declared = set()
+    for content in events.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("experiment"):
+            declared |= {m.name.tag for m in data.experiment.metric_infos}
+    assert {"hp/val/acc_best", "hp/test/acc"} <= declared
+    for tag in ("hp/val/acc_best", "hp/test/acc"):
+        values = [event.value for event in events.Scalars(tag)]
+        assert values and all(value > 0 for value in values)  # no placeholder 0.0

@@ -182,3 +182,8 @@ def test_the_paper_grid_is_one_command(experiment: str, jobs: int):
     assert math.prod(len(str(params[key]).split(",")) for key in ("data", "model", "seed")) == jobs
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.model.optimizer._target_ == "torch.optim.Adam"  # the paper recipe underneath
+
+
+@pytest.mark.parametrize("debug", ["fdr", "limit", "overfit", "profiler"])
+def test_a_debug_config_keeps_the_device_the_trainer_asked_for(debug: str):
+    assert compose_config("train.yaml", ["trainer=gpu", f"debug={debug}"]).trainer.accelerator == "gpu"

@@ -9,6 +9,7 @@ import lightning as L
 import yaml
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from torch.utils.tensorboard.summary import hparams
 
 from stn.utils.runs import flatten, split_override
 
@@ -29,9 +30,9 @@ def override_values(overrides: Sequence[str], groups: Sequence[str]) -> dict[str
 
 
 class HParamsLogger(L.Callback):
-    """Writes the run's hyperparameters when fitting starts, with placeholder values for `metrics`
-    (the tab needs its metric columns named up front), then the metrics' final values as
-    `hp/<metric>` scalars after fitting and after testing.
+    """Writes the run's hyperparameters when fitting starts, naming `metrics` as the tab's metric
+    columns (without a value: a metric appears once it has one, never as a placeholder 0), then
+    the metrics' final values as `hp/<metric>` scalars after fitting and after testing.
 
     The columns: the choices of the config `groups` (e.g. data and model; `choices` holds every
     group's), `hparams` (a nested mapping, flattened to dotted keys) and every key the command line
@@ -54,8 +55,14 @@ class HParamsLogger(L.Callback):
     @rank_zero_only
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         for logger in trainer.loggers:
-            if isinstance(logger, TensorBoardLogger):  # the tab needs its metric columns up front
-                logger.log_hyperparams(self.hparams, metrics={f"hp/{name}": 0.0 for name in self.metrics})
+            if isinstance(logger, TensorBoardLogger):
+                # the tab's session: its hyperparameters and the names of its metric columns.
+                # Lightning's log_hyperparams would also log each metric's placeholder value as a
+                # scalar at step 0, which the tab then shows for a run that has not finished
+                names = {f"hp/{name}": 0.0 for name in self.metrics}  # only the names are written
+                writer = logger.experiment._get_file_writer()
+                for summary in hparams(self.hparams, names):
+                    writer.add_summary(summary)
             else:
                 logger.log_hyperparams(self.hparams)
 

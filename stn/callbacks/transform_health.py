@@ -49,7 +49,9 @@ def transform_figures(
 class TransformHealth(L.Callback):
     """Logs, per validation epoch, the mean of each transform figure (`transform/<figure>`, to every
     logger) and its spread over the validation images (TensorBoard histograms,
-    `transform/<figure>`), measured on up to `max_images` validation images; then checks the means
+    `transform_spread/<figure>`: a tag of its own, since TensorBoard's default loader shows one
+    kind of data per tag and would hide a histogram that shares its scalar's tag), measured on up
+    to `max_images` validation images; then checks the means
     against the thresholds. A breach is one warning line naming what happened and the usual causes;
     with `stop_on_collapse` the run also stops there (its checkpoints and metrics are kept)."""
 
@@ -137,7 +139,7 @@ class TransformHealth(L.Callback):
                 for name, values in finite.items():
                     if name != "theta_finite" and values.numel():
                         logger.experiment.add_histogram(
-                            f"transform/{name}", values.cpu(), trainer.global_step
+                            f"transform_spread/{name}", values.cpu(), trainer.global_step
                         )
         found = self.breaches(means)
         if not found:
