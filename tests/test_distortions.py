@@ -244,3 +244,48 @@ def test_each_data_config_is_the_papers_distortion(variant: str, digits: torch.T
         assert params["digit_top"].max() > 0.8 * (canvas - 28) and params["digit_top"].min() < 0.2 * (
             canvas - 28
         )
+
+
+def test_augmentation_draws_within_its_ranges_and_moves_the_digit_by_its_shift(digits: torch.Tensor):
+    from stn.data.distortions import Augmentation
+
+    augment = Augmentation(max_shift_px=4, degrees=(-30, 30), scale=(0.9, 1.1))
+    generator = torch.Generator().manual_seed(0)
+    moved, params = augment(digits, generator)
+    assert moved.shape == digits.shape
+    assert params["degrees"].abs().max() <= 30 and params["degrees"].abs().max() > 25  # fills the range
+    assert params["translation"].abs().max() <= 4 and params["translation"].abs().max() > 3.5
+    assert 0.9 <= params["scale"].min() and params["scale"].max() <= 1.1
+    # a pure shift moves each digit's centre of mass by its drawn translation, in pixels
+    shift_only = Augmentation(max_shift_px=4, degrees=(0, 0), scale=(1, 1))
+    shifted, drawn = shift_only(digits, torch.Generator().manual_seed(1))
+
+    def centre(images: torch.Tensor) -> torch.Tensor:  # (N, 2) x, y in pixels
+        grid = torch.arange(28, dtype=torch.float32)
+        mass = images.sum(dim=(1, 2, 3))
+        x = (images.sum(dim=(1, 2)) * grid).sum(dim=1) / mass
+        y = (images.sum(dim=(1, 3)) * grid).sum(dim=1) / mass
+        return torch.stack([x, y], dim=1)
+
+    error = (centre(shifted) - centre(digits) - drawn["translation"]).abs()
+    assert float(error.median()) < 0.2  # a digit pushed against the edge loses a little ink
+    identity = Augmentation(max_shift_px=0, degrees=(0, 0), scale=(1, 1))
+    assert torch.allclose(identity(digits, generator)[0], digits, atol=1e-5)
+
+
+def test_augmented_training_batches_move_and_evaluation_batches_do_not(mnist_dir: Path):
+    cfg = compose_config("train.yaml", ["data/augment=standard", f"data.data_dir={mnist_dir}"])
+    with open_dict(cfg):
+        cfg.data.train_subset, cfg.data.test_subset = 256, 64
+    plain, augmented = (instantiate(cfg.data, augment=None), instantiate(cfg.data))
+    for datamodule in (plain, augmented):
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        datamodule.setup("test")
+    first = next(iter(augmented.train_dataloader()))[0]
+    assert not torch.allclose(first, next(iter(plain.train_dataloader()))[0])
+    assert torch.equal(next(iter(augmented.test_dataloader()))[0], next(iter(plain.test_dataloader()))[0])
+    with pytest.raises(
+        ConfigError, match="data.augment=.* is out of range: allowed null on a distorted variant"
+    ):
+        check_and_build(compose_config("train.yaml", ["data=mnist_rts", "data/augment=standard"]))

@@ -95,6 +95,36 @@ class RotationScaleTranslation(Distortion):
         return sample(images, grid), params
 
 
+class Augmentation(Distortion):
+    """On-the-fly augmentation of MNIST itself (28x28): a random shift of up to `max_shift_px`
+    pixels in each direction, a rotation in `degrees` and a scale in `scale`, drawn per image on the
+    training device. Clean MNIST never shows a spatial transformer a shifted or turned digit, so it
+    has nothing to learn to undo; this does (`data.augment`, off by default)."""
+
+    name = "augment"
+
+    def __init__(
+        self,
+        max_shift_px: float = 4.0,
+        degrees: Sequence[float] = (-30.0, 30.0),
+        scale: Sequence[float] = (0.9, 1.1),
+    ) -> None:
+        self.max_shift_px = _non_negative(type(self), "max_shift_px", max_shift_px)
+        self.degrees = check_range(type(self), "degrees", degrees, -180, 180)
+        self.scale = check_range(type(self), "scale", scale, 1e-3)
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
+        count = images.shape[0]
+        angle = torch.deg2rad(_uniform(count, self.degrees, generator))
+        scale = _uniform(count, self.scale, generator)
+        unit = 2 * torch.rand(count, 2, generator=generator, device=generator.device) - 1  # (N, 2) in [-1, 1)
+        translation = unit * self.max_shift_px  # (N, 2) pixels
+        theta = affine_theta(angle, scale, translation, MNIST_SIZE, MNIST_SIZE)  # (N, 2, 3)
+        grid = torch.nn.functional.affine_grid(theta, tuple(images.shape), align_corners=False)
+        params = {"degrees": torch.rad2deg(angle), "scale": scale, "translation": translation}
+        return sample(images, grid), params
+
+
 class Rotation(RotationScaleTranslation):
     """R: rotation only, uniformly in +-90 degrees, on the 28x28 image."""
 
