@@ -4,8 +4,9 @@ or TorchScript (PyTorch alone).
     python -m stn.export ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt format=onnx
     python -m stn.export model_name=stn_mnist format=torchscript
 
-The exported model takes `pixels`, (N, 1, S, S) float32 in [0, 1], white digit on black, on the
-model's canvas S (28; 42 RTS; 60 TC), normalises them as in training, and returns `logits`
+The exported model takes `pixels`, (N, 1, S, S) float32 in [0, 1] (`input=float`) or uint8 0..255
+(`input=uint8`: an 8-bit grey image's values as read), white digit on black, on the model's
+canvas S (28; 42 RTS; 60 TC), normalises them as in training, and returns `logits`
 (N, 10) and, with a transformer, `theta` (N, P): its parameters, flattened (6 affine, 9 for the
 projective 3x3 matrix, 2 per control point for TPS). Every sampling grid is built from plain tensor
 operations (stn/geometry.py) and sampled with grid_sample (ONNX GridSample, opset 16+), so all
@@ -39,17 +40,28 @@ FORMATS = {"onnx": ".onnx", "torchscript": ".pt"}
 OPSET = 18
 
 
-class PixelsToPrediction(nn.Module):
-    """(N, 1, S, S) pixels in [0, 1] -> logits (N, classes) and theta (N, P): the network with its
-    input normalisation, in the contiguous memory format (exporters expect it)."""
+# what the exported file takes: `float` pixels in [0, 1], or raw `uint8` pixels 0..255 (an 8-bit
+# grey image's own values), the normalisation inside the graph either way
+INPUTS = {
+    "float": "pixels (N, 1, S, S) float32 in [0, 1], white digit on black, S the canvas",
+    "uint8": "pixels (N, 1, S, S) uint8 0..255 (an 8-bit grey image), white digit on black, S the canvas",
+}
 
-    def __init__(self, network: nn.Module, mean: float, std: float) -> None:
+
+class PixelsToPrediction(nn.Module):
+    """(N, 1, S, S) pixels (float in [0, 1], or uint8 0..255 with `raw`) -> logits (N, classes) and
+    theta (N, P): the network with its input normalisation, in the contiguous memory format
+    (exporters expect it)."""
+
+    def __init__(self, network: nn.Module, mean: float, std: float, raw: bool = False) -> None:
         super().__init__()
         self.network = copy.deepcopy(network).to(memory_format=torch.contiguous_format)
-        self.mean, self.std = mean, std
+        self.mean, self.std, self.raw = mean, std, raw
         self.eval()  # dropout off: the exported model is for inference
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.raw:
+            pixels = pixels.to(torch.float32) / 255
         seen, theta = self.network.transform((pixels - self.mean) / self.std)
         logits = self.network.classifier(seen)
         if theta is None:  # the CNN baseline
@@ -62,6 +74,8 @@ def output_names(model: TrainedModel) -> list[str]:
 
 
 def export_onnx(wrapper: PixelsToPrediction, example: torch.Tensor, path: Path, names: list[str]) -> None:
+    for name in ("onnxscript", "onnx_ir"):  # the exporter's passes log at INFO: not the user's business
+        logging.getLogger(name).setLevel(logging.WARNING)
     batch = torch.export.Dim("batch", min=1, max=65536)
     program = torch.onnx.export(
         wrapper, (example,), input_names=["pixels"], output_names=names, opset_version=OPSET,
@@ -135,6 +149,8 @@ def export(cfg: DictConfig) -> dict[str, object]:
     fmt = str(cfg.get("format"))
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt} is out of range: allowed {' | '.join(FORMATS)}")
+    if str(cfg.get("input", "float")) not in INPUTS:
+        raise ConfigError(f"input={cfg.get('input')} is out of range: allowed {' | '.join(INPUTS)}")
     check_images = cfg.get("check_images", 256)
     if not isinstance(check_images, int) or isinstance(check_images, bool) or check_images < 0:
         raise ConfigError(f"check_images={check_images} is out of range: allowed integers >= 0")
@@ -155,8 +171,11 @@ def export(cfg: DictConfig) -> dict[str, object]:
         else Path(cfg.paths.output_dir) / f"{stem}{FORMATS[fmt]}"
     )
     report_path = check_output(path, fmt, bool(cfg.get("overwrite", False)))
-    wrapper = PixelsToPrediction(model.network, model.mean, model.std)
+    raw = str(cfg.get("input", "float")) == "uint8"
+    wrapper = PixelsToPrediction(model.network, model.mean, model.std, raw=raw)
     example = torch.rand(2, 1, model.canvas, model.canvas)
+    if raw:
+        example = (example * 255).to(torch.uint8)
     names = output_names(model)
     partial = path.with_name(f".{path.stem}.partial{path.suffix}")  # beside it: a rename is atomic
     try:
@@ -168,11 +187,13 @@ def export(cfg: DictConfig) -> dict[str, object]:
     finally:
         partial.unlink(missing_ok=True)
     report: dict[str, object] = {
-        "model": model.name, "file": str(path), "format": fmt, "inputs": "pixels (N, 1, S, S) in [0, 1]",
+        "model": model.name, "file": str(path), "format": fmt, "inputs": INPUTS["uint8" if raw else "float"],
         "canvas": model.canvas, "outputs": names, "bytes": path.stat().st_size,
     }  # fmt: skip
     if check_images:
         pixels = test_pixels(model, str(cfg.data_dir), check_images)
+        if raw:
+            pixels = (pixels * 255).round().clamp(0, 255).to(torch.uint8)
         report["checked_on"] = f"{len(pixels)} MNIST test images"
         report["largest_difference"] = largest_difference(wrapper, path, pixels)
     write_atomically(report_path, json.dumps(report, indent=2))
