@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stn.errors import UserError
-from stn.utils.runs import csv_text, run_folders, saved_config, split_override, write_atomically
+from stn.utils.runs import csv_text, plain_yaml, run_folders, saved_config, split_override, write_atomically
 
 METRICS = ("val/acc_best", "val/loss", "test/acc", "test/loss", "time/fit_seconds")
 
@@ -126,7 +126,9 @@ def table_rows(jobs: list[Job], keys: list[str], metrics: list[str]) -> list[lis
     return rows
 
 
-def write_tables(jobs: list[Job], keys: list[str], metrics: list[str], out: Path) -> tuple[Path, Path]:
+def write_tables(
+    jobs: list[Job], keys: list[str], metrics: list[str], out: Path, preamble: str = ""
+) -> tuple[Path, Path]:
     header = ["job", "status", *keys, *metrics, "error"]
     rows = table_rows(jobs, keys, metrics)
     csv_path = out / "summary.csv"
@@ -135,7 +137,7 @@ def write_tables(jobs: list[Job], keys: list[str], metrics: list[str], out: Path
     escape = [[cell.replace("|", "\\|") for cell in row] for row in rows]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in escape]
-    write_atomically(md_path, "\n".join(lines) + "\n")
+    write_atomically(md_path, preamble + "\n".join(lines) + "\n")
     return md_path, csv_path
 
 
@@ -202,8 +204,37 @@ def _image_tag(path: Path, alt: str) -> str:
     return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(alt)}">'
 
 
+def fixed_overrides(jobs: list[Job], keys: list[str]) -> dict[str, str]:
+    """The overrides every job shares (the sweep's fixed settings: `trainer.max_epochs=2`, a subset)."""
+    shared = [k for job in jobs for k in job.overrides if k not in keys and k]
+    return {
+        k: jobs[0].overrides[k]
+        for k in dict.fromkeys(shared)
+        if all(j.overrides.get(k) == jobs[0].overrides.get(k) for j in jobs)
+    }
+
+
+def sweep_command(sweep_dir: Path) -> str | None:
+    """The command that made the sweep, from Hydra's record of it (`<sweep>/multirun.yaml`)."""
+    record = sweep_dir / "multirun.yaml"
+    if not record.is_file():
+        return None
+    try:
+        task = plain_yaml(record)["hydra"]["overrides"]["task"]
+        return "python -m stn.train --multirun " + " ".join(str(override) for override in task)
+    except (UserError, KeyError, TypeError):
+        return None
+
+
 def write_html(
-    jobs: list[Job], keys: list[str], metrics: list[str], metric: str, out: Path, title: str
+    jobs: list[Job],
+    keys: list[str],
+    metrics: list[str],
+    metric: str,
+    out: Path,
+    title: str,
+    fixed: dict[str, str] | None = None,
+    command: str | None = None,
 ) -> Path:
     """One static page for the sweep: the table, the metric-vs-parameter plot, and per job its
     final transformed digits (the run's transform_history.png) and its transform telemetry."""
@@ -219,6 +250,15 @@ def write_html(
         f"<h1>{html.escape(title)}</h1>",
         f"<p class='note'>{len(jobs)} jobs, ranked by {html.escape(metric)}; "
         f"{sum(not j.finished for j in jobs)} failed.</p>",
+        *([f"<p>Command: <code>{html.escape(command)}</code></p>"] if command else []),
+        "<p>Fixed for every job: "
+        + (
+            ", ".join(
+                f"<code>{html.escape(k)}={html.escape(str(v))}</code>" for k, v in (fixed or {}).items()
+            )
+            or "nothing beyond the defaults"
+        )
+        + "</p>",
         "<h2>Jobs</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>",
         *rows,
         "</table>",
@@ -276,13 +316,22 @@ def main(argv: list[str] | None = None) -> int:
     if not jobs:
         sys.exit(f"error: no runs under {args.sweep_dir}: no job folder with .hydra/overrides.yaml")
     metric = args.metric or sweep_metric(jobs)
-    keys = swept_keys(jobs)
+    readable = [job for job in jobs if job.overrides] or jobs  # a job whose record broke has none
+    keys = swept_keys(readable)
     metrics = [metric, *(m for m in METRICS if m != metric)]
     jobs = ranked(jobs, metric, args.mode)
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
-    written = [*write_tables(jobs, keys, metrics, out), write_plot(jobs, keys, metric, out)]
-    written.append(write_html(jobs, keys, metrics, metric, out, f"Sweep {args.sweep_dir}"))
+    fixed, command = fixed_overrides(readable, keys), sweep_command(args.sweep_dir)
+    preamble = (f"Command: `{command}`\n\n" if command else "") + (
+        "Fixed for every job: "
+        + (", ".join(f"`{k}={v}`" for k, v in fixed.items()) or "nothing beyond the defaults")
+        + "\n\n"
+    )
+    written = [*write_tables(jobs, keys, metrics, out, preamble), write_plot(jobs, keys, metric, out)]
+    written.append(
+        write_html(jobs, keys, metrics, metric, out, f"Sweep {args.sweep_dir}", fixed=fixed, command=command)
+    )
     failed = sum(not j.finished for j in jobs)
     print((out / "summary.md").read_text())
     print(f"{len(jobs)} jobs ({failed} failed), ranked by {metric} ({args.mode}); wrote", end=" ")

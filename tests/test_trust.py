@@ -365,7 +365,14 @@ def test_the_summary_never_ranks_a_nan_first_and_skips_what_it_cannot_read(finis
     (sweep / "1" / "metrics.json").write_text(json.dumps(nan))  # json writes NaN, as Python's does
     (sweep / "2" / "metrics.json").write_text("{broken")
     (sweep / "3" / ".hydra" / "overrides.yaml").write_text("- [unclosed")
+    (sweep / "multirun.yaml").write_text(
+        "hydra:\n  overrides:\n    task: [trainer.max_epochs=1, 'seed=0,1,2,3']\n"
+    )
     assert summarize([str(sweep)]) == 0
+    page, table = (sweep / "summary.html").read_text(), (sweep / "summary.md").read_text()
+    for text in (page, table):  # the sweep's command and what every job shared, not only what varied
+        assert "python -m stn.train --multirun trainer.max_epochs=1 seed=0,1,2,3" in text
+        assert "data.train_subset=512" in text and "trainer.max_epochs=1" in text
     rows = list(csv.DictReader((sweep / "summary.csv").open()))
     assert [(r["job"], r["status"]) for r in rows] == [
         ("0", "ok"),
