@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError, user_errors_reported
 from stn.loading import checkpoint_model, load_weights, run_config, zoo_model
+from stn.paths import CONF_DIR
 from stn.utils.checks import check_config
 from stn.utils.instantiators import build, instantiate_group
 from stn.utils.sweep_checks import check_single_run_keys
@@ -84,13 +85,18 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval.yaml")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval.yaml")
 def main(cfg: DictConfig) -> float | None:
     with user_errors_reported():
         metrics = evaluate(cfg)
     return metrics.get("test/acc")
 
 
-if __name__ == "__main__":
-    check_single_run_keys(Path(__file__).resolve().parents[1] / "conf", "eval.yaml", sys.argv[1:])
+def cli() -> None:
+    """`stn-eval` and `python -m stn.eval`: a misspelled key gets the nearest valid ones first."""
+    check_single_run_keys(CONF_DIR, "eval.yaml", sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -31,6 +31,7 @@ from torch import nn
 
 from stn.errors import ConfigError, UserError, user_errors_reported
 from stn.loading import TrainedModel, trained_model
+from stn.paths import CONF_DIR
 from stn.utils.runs import write_atomically
 from stn.utils.sweep_checks import check_single_run_keys
 
@@ -201,12 +202,17 @@ def export(cfg: DictConfig) -> dict[str, object]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="export.yaml")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export.yaml")
 def main(cfg: DictConfig) -> None:
     with user_errors_reported():
         export(cfg)
 
 
-if __name__ == "__main__":
-    check_single_run_keys(Path(__file__).resolve().parents[1] / "conf", "export.yaml", sys.argv[1:])
+def cli() -> None:
+    """`stn-export` and `python -m stn.export`: a misspelled key gets the nearest valid ones first."""
+    check_single_run_keys(CONF_DIR, "export.yaml", sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

@@ -22,12 +22,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError, UserError
+from stn.paths import ZOO_DIR
 from stn.utils.checkpoints import read_checkpoint
 from stn.utils.instantiators import build
 from stn.utils.runs import RUN_CONFIG, saved_config
 from stn.utils.untrusted import check_targets, load_untrusted
 
-ZOO_DIR = Path(__file__).resolve().parents[1] / "zoo"
 MANIFEST = "manifest.json"
 # what a zoo entry keeps of the run's data config: how the images were made, not where they were
 DATA_KEYS_DROPPED = (

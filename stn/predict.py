@@ -28,6 +28,7 @@ from PIL import Image, ImageDraw
 from stn.data.images import ImageError, image_files, read_grey, to_canvas
 from stn.errors import ConfigError, UserError, user_errors_reported
 from stn.loading import TrainedModel, trained_model
+from stn.paths import CONF_DIR
 from stn.utils.runs import csv_text, write_atomically
 from stn.utils.sweep_checks import check_single_run_keys
 
@@ -206,12 +207,17 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict.yaml")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict.yaml")
 def main(cfg: DictConfig) -> None:
     with user_errors_reported():
         predict(cfg)
 
 
-if __name__ == "__main__":
-    check_single_run_keys(Path(__file__).resolve().parents[1] / "conf", "predict.yaml", sys.argv[1:])
+def cli() -> None:
+    """`stn-predict` and `python -m stn.predict`: a misspelled key gets the nearest valid ones first."""
+    check_single_run_keys(CONF_DIR, "predict.yaml", sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

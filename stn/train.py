@@ -23,6 +23,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from stn.errors import RunInterrupted, user_errors_reported
+from stn.paths import CONF_DIR
 from stn.utils.checks import check_config
 from stn.utils.config_tree import show_config
 from stn.utils.instantiators import build, instantiate_group
@@ -121,13 +122,18 @@ def _fit_and_test(
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train.yaml")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
     with user_errors_reported():
         metrics = train(cfg)
     return metrics.get(cfg.get("optimized_metric"))
 
 
-if __name__ == "__main__":
-    check_single_run_keys(Path(__file__).resolve().parents[1] / "conf", "train.yaml", sys.argv[1:])
+def cli() -> None:
+    """`stn-train` and `python -m stn.train`: a misspelled key gets the nearest valid ones first."""
+    check_single_run_keys(CONF_DIR, "train.yaml", sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    cli()

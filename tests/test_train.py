@@ -243,3 +243,25 @@ def test_the_test_loss_is_the_same_at_any_batch_size(mnist_dir: Path):
     # 1000 images: batches of 64 end in a partial batch of 40, which weighs 40 images, not 64
     assert losses[64] == pytest.approx(losses[1000], rel=1e-5)
     assert losses[256] == pytest.approx(losses[1000], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_tab_completion_works_through_the_console_scripts(tmp_path: Path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    script = shutil.which("stn-train", path=str(Path(sys.executable).parent)) or shutil.which("stn-train")
+    assert script, "pip install -e . installs the stn-train console script"
+    for line, expected in (
+        ("stn-train model=", "model=stn_tps"),
+        ("stn-train data=mnist_r", "data=mnist_rts"),
+    ):
+        env = {**os.environ, "COMP_LINE": line}
+        process = subprocess.run(
+            [script, "-sc", "query=bash"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+        )  # from another folder: the configs are found by the package, not the working directory
+        assert expected in process.stdout.split(), process.stderr[-2000:]
+    install = subprocess.run([script, "-sc", "install=bash"], cwd=tmp_path, capture_output=True, text=True)
+    assert "complete" in install.stdout  # what `eval "$(stn-train -sc install=bash)"` runs

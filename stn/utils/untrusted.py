@@ -23,8 +23,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from stn.errors import ConfigError
+from stn.paths import CONF_DIR
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # resolvers that only read: Hydra's record of the run, the clock, another key, the environment
 SAFE_RESOLVERS = frozenset({"hydra", "now", "oc.select", "oc.env", "oc.dict.keys", "oc.dict.values"})
 _RESOLVER_CALL = re.compile(r"\$\{\s*([^${}:\s]+)\s*:")
