@@ -225,3 +225,13 @@ def test_bad_sweep_stops_before_any_job(overrides: list[str], message: str, tmp_
     sweep = tmp_path / "sweep"
     run_rejected("stn.train", *overrides, f"hydra.sweep.dir={sweep}", data_dir=mnist_dir, message=message)
     assert not sweep.exists() or not jobs_of(sweep)
+
+
+@pytest.mark.slow
+def test_a_joblib_sweep_prints_no_schema_warning(tmp_path: Path, mnist_dir: Path):
+    process, jobs = multirun(
+        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY, "trainer.max_epochs=1", "seed=0,1",
+        "data.train_subset=256", sweep=tmp_path / "sweep", data_dir=mnist_dir,
+    )  # fmt: skip
+    assert len(jobs) == 2
+    assert "ConfigStore schema" not in process.stderr + process.stdout

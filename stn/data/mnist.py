@@ -3,7 +3,10 @@ tensors, served in batches by `stn.data.batching` (on the training device by def
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
@@ -37,6 +40,26 @@ UNPACKED_SIZES = {
 
 def _one_line(error: Exception) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+
+
+@contextmanager
+def _unpack_lock(raw_dir: Path, create: bool) -> Iterator[None]:
+    """Wait for, then hold, `raw_dir`'s lock (the kernel's: a killed process never leaves it held),
+    creating the folder only with `create` (a download). Where the folder is missing or cannot be
+    written there is nothing to unpack into, and no lock is needed."""
+    try:
+        if create:
+            raw_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(raw_dir / ".unpack.lock", "a")  # noqa: SIM115 (closed below)
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _md5(path: Path) -> str:
@@ -164,14 +187,17 @@ class MNISTDataModule(L.LightningDataModule):
         return f"{path} is corrupt ({detail}): delete it; {fix}"
 
     def prepare_data(self) -> None:
-        self._check_unpacked()
-        if not self.hparams.download:
-            return
-        for train in (True, False):
-            try:
-                MNIST(self.data_dir, train=train, download=True)
-            except (RuntimeError, OSError, EOFError) as error:
-                raise MNISTDataError(self._missing_message(error)) from error
+        # one process at a time checks and unpacks: the jobs of a parallel sweep start together,
+        # and one would otherwise read the file another is still writing
+        with _unpack_lock(self.raw_dir, create=self.hparams.download):
+            self._check_unpacked()
+            if not self.hparams.download:
+                return
+            for train in (True, False):
+                try:
+                    MNIST(self.data_dir, train=train, download=True)
+                except (RuntimeError, OSError, EOFError) as error:
+                    raise MNISTDataError(self._missing_message(error)) from error
 
     def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
         self._check_unpacked()

@@ -29,3 +29,9 @@ class _NoAdvertising(logging.Filter):
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NoAdvertising())
 # a deprecation inside Lightning itself (its pytree helper), nothing the user can act on
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+# conf/hydra/launcher/joblib.yaml sets the launcher's options under the
+# name users type (hydra/launcher=joblib), which is also the plugin's schema name: Hydra validates
+# them against it, as intended, and warns at every compose (four times in a joblib sweep)
+warnings.filterwarnings(
+    "ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema with the same name"
+)
