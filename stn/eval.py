@@ -1,4 +1,4 @@
-"""Test a checkpoint: `python -m stn.eval ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt`,
+"""Test a checkpoint: `python -m stn.eval ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt`,
 or a model of the zoo on the data it was trained on: `python -m stn.eval model_name=stn_mnist`.
 
 When the checkpoint sits in a run folder of this project, the model config that trained it is read

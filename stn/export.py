@@ -1,7 +1,7 @@
 """Export a trained STN to a file that runs without this project: ONNX (onnxruntime, any language)
 or TorchScript (PyTorch alone).
 
-    python -m stn.export ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt format=onnx
+    python -m stn.export ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt format=onnx
     python -m stn.export model_name=stn_mnist format=torchscript
 
 The exported model takes `pixels`, (N, 1, S, S) float32 in [0, 1] (`input=float`) or uint8 0..255

@@ -1,6 +1,6 @@
 """The STN paper's results table from finished runs:
 
-    python -m stn.paper_table outputs/multirun/<date>/<time> [--out DIR] [--no-images]
+    python -m stn.paper_table outputs/train/multiruns/<date>_<time> [--out DIR] [--no-images]
 
 Finds every finished run below the folder (a `metrics.json` next to `.hydra/`), reads which
 `data=` and `model=` it used (Hydra's runtime choices) and its test accuracy, and writes

@@ -1,6 +1,6 @@
 """Predict the digits in your own images with a trained STN, and see where its transformer looked.
 
-    python -m stn.predict ckpt_path=outputs/<date>/<time>/checkpoints/last.ckpt inputs=my_digits/
+    python -m stn.predict ckpt_path=outputs/train/runs/<run>/checkpoints/last.ckpt inputs=my_digits/
     python -m stn.predict model_name=stn_mnist inputs='scans/*.jpg' invert=auto
 
 For each image: the predicted class and its probability, the top 3, the transformer's parameters

@@ -1,6 +1,6 @@
 """One table for a finished sweep:
 
-    python -m stn.summarize outputs/multirun/<date>/<time> [--out DIR] [--metric val/acc_best] [--mode max]
+    python -m stn.summarize outputs/train/multiruns/<date>_<time> [--out DIR] [--metric val/acc_best] [--mode max]
 
 Reads every job folder of the sweep (Hydra's `.hydra/overrides.yaml`, and `metrics.json` once the
 job finished) and writes `summary.md` and `summary.csv`: one row per job with its overrides and
@@ -306,7 +306,7 @@ def sweep_metric(jobs: list[Job]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("sweep_dir", type=Path, help="outputs/multirun/<date>/<time>")
+    parser.add_argument("sweep_dir", type=Path, help="outputs/train/multiruns/<date>_<time>")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep folder)")
     parser.add_argument("--metric", default=None, help="rank by this metric (default: optimized_metric)")
     parser.add_argument("--mode", choices=("max", "min"), default="max")

@@ -29,7 +29,7 @@ from stn.utils.config_tree import show_config
 from stn.utils.instantiators import build, instantiate_group
 from stn.utils.parallel import apply_job_share
 from stn.utils.resume import apply_resume_point, finished_here
-from stn.utils.runs import run_lock, write_atomically
+from stn.utils.runs import remove_if_unused, run_lock, write_atomically
 from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,12 @@ def _fit_and_test(
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train.yaml")
 def main(cfg: DictConfig) -> float | None:
-    with user_errors_reported():
-        metrics = train(cfg)
+    try:
+        with user_errors_reported():
+            metrics = train(cfg)
+    except SystemExit:  # a single run refused with one sentence: its empty folder is not kept
+        remove_if_unused(Path(cfg.paths.output_dir))
+        raise
     return metrics.get(cfg.get("optimized_metric"))
 
 

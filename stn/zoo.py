@@ -1,6 +1,6 @@
 """The model zoo's bookkeeping: turn a finished run into a zoo entry, or list the zoo.
 
-    python -m stn.zoo add stn_mnist outputs/<date>/<time>     # the run's best checkpoint
+    python -m stn.zoo add stn_mnist outputs/train/runs/<run>     # the run's best checkpoint
     python -m stn.zoo list
 
 `add` writes zoo/<name>.safetensors (the network's state dict: no pickle, no Lightning), zoo/<name>.yaml

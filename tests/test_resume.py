@@ -64,13 +64,13 @@ def test_a_run_killed_mid_epoch_resumes_and_loses_nothing(tmp_path: Path, mnist_
     env = cli_env(mnist_dir)
     first = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not list(outputs.glob("*/*/checkpoints/last.ckpt")):  # the first epoch has ended
+    while not list(outputs.glob("train/runs/*/checkpoints/last.ckpt")):  # the first epoch has ended
         assert first.poll() is None and time.monotonic() < deadline, "the run ended before it was killed"
         time.sleep(0.2)
     time.sleep(0.5)  # into the second epoch
     first.send_signal(signal.SIGKILL)
     first.wait()
-    (run_dir,) = [p.parents[1] for p in outputs.glob("*/*/checkpoints/last.ckpt")]
+    (run_dir,) = [p.parents[1] for p in outputs.glob("train/runs/*/checkpoints/last.ckpt")]
     before = {p.name for p in (run_dir / "checkpoints").glob("*.ckpt")}
     killed_at = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert killed_at["epoch"] < 2 and not (run_dir / "metrics.json").exists()
@@ -78,7 +78,7 @@ def test_a_run_killed_mid_epoch_resumes_and_loses_nothing(tmp_path: Path, mnist_
     resumed = subprocess.run([*command, "ckpt_path=last"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"the run goes on in {run_dir}" in resumed.stderr + resumed.stdout
-    assert list(outputs.glob("*/*")) == [run_dir]  # one run, one folder: no folder per start
+    assert list(outputs.glob("train/runs/*")) == [run_dir]  # one run, one folder: no folder per start
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # three epochs in all, as the uninterrupted run: none lost, none repeated (the checkpoint is
     # written in on_train_epoch_end, after `processed` counts the epoch and before `completed` does)

@@ -265,3 +265,40 @@ def test_tab_completion_works_through_the_console_scripts(tmp_path: Path):
         assert expected in process.stdout.split(), process.stderr[-2000:]
     install = subprocess.run([script, "-sc", "install=bash"], cwd=tmp_path, capture_output=True, text=True)
     assert "complete" in install.stdout  # what `eval "$(stn-train -sc install=bash)"` runs
+
+
+def test_a_run_is_named_by_its_choices_and_overrides():
+    from stn.utils.runs import run_label
+
+    assert run_label("mnist", "stn", "model.optimizer.lr=0.003,trainer.max_epochs=5") == (
+        "_mnist_stn_model.optimizer.lr=0.003_trainer.max_epochs=5"
+    )
+    overrides = "data=mnist_rts,model/optimizer=adam,hydra.run.dir=x,paths.log_dir=y,ckpt_path=last"
+    assert run_label("mnist_rts", "cnn", overrides) == "_mnist_rts_cnn_model-optimizer=adam"
+    assert run_label("", "", "model_name=stn_mnist") == "_model_name=stn_mnist"
+    assert len(run_label("mnist", "stn", "x=" + "9" * 500)) <= 97
+
+
+@pytest.mark.slow
+def test_each_task_has_its_own_root_and_a_refused_start_leaves_no_folder(tmp_path: Path, mnist_dir: Path):
+    import os
+    import subprocess
+
+    from .conftest import ROOT, cli_command
+
+    env = {**os.environ, "STN_ROOT": str(tmp_path), "STN_DATA_DIR": str(mnist_dir)}
+
+    def start(module: str, *overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            cli_command(module, *overrides), cwd=ROOT, env=env, capture_output=True, text=True
+        )
+
+    refused = start("stn.train", "model.localization.depth=7")
+    assert refused.returncode == 1 and not (tmp_path / "outputs").exists()
+    assert start("stn.train", "debug=fdr", "model=cnn", "data.train_subset=256").returncode == 0
+    assert start("stn.eval", "model_name=stn_mnist", "data.test_subset=256").returncode == 0
+    (debug_run,) = (tmp_path / "outputs" / "debug" / "runs").iterdir()
+    assert debug_run.name.endswith("_mnist_cnn_data.train_subset=256_debug=fdr")
+    (eval_run,) = (tmp_path / "outputs" / "eval" / "runs").iterdir()
+    assert "model_name=stn_mnist" in eval_run.name
+    assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["debug", "eval"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from stn.utils.runs import new_run_dir
+from stn.utils.runs import new_run_dir, run_label
 
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[2]))
 # logger=mlflow keeps a local file store (outputs/mlruns: no server, no database), which MLflow 3
@@ -17,6 +17,8 @@ os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 # cached in the config, so every job of a sweep (and a requeued job) resolves the same folder
 OmegaConf.register_new_resolver("new_dir", new_run_dir, use_cache=True, replace=True)
+# the run's name after its time: its data and model choices and its overrides (conf/hydra/default.yaml)
+OmegaConf.register_new_resolver("run_label", run_label, use_cache=True, replace=True)
 
 
 class _NoAdvertising(logging.Filter):

@@ -171,6 +171,10 @@ def _move_log(stub: Path, folder: Path) -> None:
     only_ours = all(p == record or p.suffix == ".log" for p in stub.iterdir())
     if only_ours and (not record.is_dir() or all(p in made_here for p in record.iterdir())):
         shutil.rmtree(stub)
+        for parent in stub.resolve().parents:  # and the empty parents made for it (outputs/train/runs)
+            if parent not in CREATED_RUN_DIRS or any(parent.iterdir()):
+                break
+            parent.rmdir()
 
 
 def finished_here(cfg: DictConfig) -> dict | None:

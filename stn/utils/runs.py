@@ -51,6 +51,29 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# overrides a run's name leaves out: where it runs and what its data / model choice already says
+UNNAMED = (
+    "hydra",
+    "paths",
+    "ckpt_path",
+    "data",
+    "model",
+    "callbacks.progress_bar",
+    "data.data_dir",
+    "print_config",
+)
+
+
+def run_label(data: str, model: str, overrides: str, longest: int = 96) -> str:
+    """The part of a run folder's name after its time: `_<data>_<model>_<overrides>`, a name a
+    file system and TensorBoard's run list take (no `/`), cut at `longest` characters."""
+    kept = [o for o in overrides.split(",") if o and split_override(o)[0] not in UNNAMED]
+    kept = [o for o in kept if not split_override(o)[0].startswith(("hydra.", "paths."))]
+    parts = [part for part in (data, model, *kept) if part]
+    label = "_".join(parts).replace("/", "-").replace(" ", "")
+    return f"_{label[:longest]}" if label else ""
+
+
 # the run folders this process created (new_run_dir): the only folders it may remove again
 CREATED_RUN_DIRS: set[Path] = set()
 
@@ -58,16 +81,42 @@ CREATED_RUN_DIRS: set[Path] = set()
 def new_run_dir(path: str) -> str:
     """`path`, else `path_1`, `path_2`, ...: the first folder this call creates itself. Run folders
     are named by the second, so two runs started in the same second (two terminals, two machines
-    on one disk) would otherwise share one; `mkdir` without `exist_ok` lets only one of them win."""
+    on one disk) would otherwise share one; `mkdir` without `exist_ok` lets only one of them win.
+    The folder, and the parents it had to make, are recorded as this process's (CREATED_RUN_DIRS)."""
     candidate, suffix = Path(path), 0
     while True:
+        missing = [parent for parent in candidate.parents if not parent.exists()]
         try:
             candidate.mkdir(parents=True)
-            CREATED_RUN_DIRS.add(candidate.resolve())
+            CREATED_RUN_DIRS.update(folder.resolve() for folder in (candidate, *missing))
             return str(candidate)
         except FileExistsError:
             suffix += 1
             candidate = Path(f"{path}_{suffix}")
+
+
+def remove_if_unused(folder: Path) -> bool:
+    """Remove `folder`, a run folder this process created (new_run_dir), if the run stopped before
+    it wrote anything but Hydra's record and its logs (a value refused at start): such folders
+    would only crowd the runs that did something. Its empty parents made for it go too. True if
+    removed; a folder with any checkpoint, event file or metrics is kept."""
+    folder = folder.resolve()
+    if folder not in CREATED_RUN_DIRS or not folder.is_dir():
+        return False
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if path.is_file() and not (
+            relative.parts[0] in (".hydra", str(RUN_CONFIG))
+            or path.suffix == ".log"
+            or path.name == LOCK_FILE
+        ):
+            return False
+    shutil.rmtree(folder)
+    for parent in folder.parents:
+        if parent not in CREATED_RUN_DIRS or any(parent.iterdir()):
+            break
+        parent.rmdir()
+    return True
 
 
 @dataclass(frozen=True)
