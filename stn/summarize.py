@@ -1,6 +1,6 @@
 """One table for a finished sweep:
 
-    python -m stn.summarize outputs/train/multiruns/<date>_<time> [--out DIR] [--metric val/acc_best] [--mode max]
+    python -m stn.summarize outputs/train/multiruns/<date>_<time> [--out DIR] [--metric M] [--mode max]
 
 Reads every job folder of the sweep (Hydra's `.hydra/overrides.yaml`, and `metrics.json` once the
 job finished) and writes `summary.md` and `summary.csv`: one row per job with its overrides and

@@ -1,6 +1,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from hydra.utils import instantiate
 
 from stn.models import (
     ConvClassifier,
@@ -17,6 +18,8 @@ from stn.models import (
 )
 from stn.models.transformer import IDENTITY_THETA
 from stn.train import parameter_counts
+
+from .conftest import compose_config
 
 MNIST = {"input_mean": 0.1307, "input_std": 0.3081}  # normalised MNIST: the background is -mean/std
 BACKGROUND = -0.1307 / 0.3081
@@ -199,3 +202,32 @@ def test_inverse_compositional_transformer_composes_its_updates(kind):
     matrix = transformer.as_matrix(theta)
     torch.testing.assert_close(matrix[:, 0, 2], torch.full((4,), 0.3))  # three shifts composed
     torch.testing.assert_close(matrix[:, :2, :2], torch.eye(2).expand(4, 2, 2))
+
+
+@pytest.mark.parametrize("model", ["paper_cnn", "paper_stn", "paper_ic_stn"])
+def test_the_papers_models_have_the_papers_shape_and_train_a_step(model: str):
+    """Held to the paper's description (sec. 4.1, appendix A, as re-implementations restate it):
+    the CNN conv 9x9 (32) and 7x7 (64), each followed by max-pooling, on the input average-pooled
+    x2; the localization net two 5x5 conv layers of 20 filters and a 20-unit layer."""
+    cfg = compose_config("train.yaml", ["data=mnist_rts", f"model={model}"])
+    module = instantiate(cfg.model)
+    classifier = module.net.classifier
+    pools = [m for m in classifier.features if isinstance(m, torch.nn.AvgPool2d)]
+    convs = [m for m in classifier.features if isinstance(m, torch.nn.Conv2d)]
+    assert len(pools) == 1 and pools[0].kernel_size == 2
+    assert [(c.kernel_size, c.out_channels) for c in convs] == [((9, 9), 32), ((7, 7), 64)]
+    assert sum(p.numel() for p in classifier.parameters()) == 119_050
+    if model != "paper_cnn":
+        localization = module.net.transformer.localization
+        local_convs = [m for m in localization.features if isinstance(m, torch.nn.Conv2d)]
+        assert [(c.kernel_size, c.out_channels) for c in local_convs] == [((5, 5), 20), ((5, 5), 20)]
+        assert localization.out_features == 20
+        assert sum(p.numel() for p in module.net.transformer.parameters()) == 12_286
+    else:
+        assert module.net.transformer is None
+    # one training step on RTS-sized digits: a finite loss and gradients that reach every parameter
+    images, labels = torch.randn(8, 1, 42, 42), torch.arange(8) % 10
+    loss = torch.nn.functional.cross_entropy(module(images), labels)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in classifier.parameters())

@@ -1,4 +1,4 @@
-from stn.models.classifier import ConvClassifier, FullyConnectedClassifier, STNClassifier
+from stn.models.classifier import ConvClassifier, FullyConnectedClassifier, PaperConvClassifier, STNClassifier
 from stn.models.localization import FullyConnectedLocalization, LocalizationNet, max_depth
 from stn.models.transformer import (
     InverseCompositionalProjectiveTransformer,
@@ -15,6 +15,7 @@ __all__ = [
     "InverseCompositionalProjectiveTransformer",
     "InverseCompositionalTransformer",
     "LocalizationNet",
+    "PaperConvClassifier",
     "ProjectiveTransformer",
     "STNClassifier",
     "SpatialTransformer",

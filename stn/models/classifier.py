@@ -53,6 +53,50 @@ class ConvClassifier(nn.Module):
         return self.head(self.features(images))
 
 
+class PaperConvClassifier(nn.Module):
+    """The STN paper's CNN for distorted MNIST (Jaderberg et al. 2015, sec. 4.1 and appendix A, as
+    re-implementations restate it, e.g. hvy/chainer-spatial-transformer-networks, models.py): the
+    input average-pooled by `input_pool` (the paper downsamples the transformer's 42x42 RTS output
+    x2), then Conv(9x9, 32) -> MaxPool(2) -> ReLU -> Conv(7x7, 64) -> MaxPool(2) -> ReLU -> Linear
+    to the classes. The convolutions are padded to keep their size, so a 21x21 input fits."""
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        image_size: int = 42,
+        num_classes: int = 10,
+        input_pool: int = 2,
+        channels: tuple[int, int] = (32, 64),
+        kernel_sizes: tuple[int, int] = (9, 7),
+    ) -> None:
+        super().__init__()
+        check_argument(type(self), "input_pool", input_pool, lambda v: is_int(v) and v >= 1, "integers >= 1")
+        pooled = image_size // input_pool
+        check_argument(
+            type(self), "image_size", image_size, lambda v: is_int(v) and pooled >= 4,
+            f"integers >= {4 * input_pool} (at least 4x4 after the input pooling of {input_pool})",
+        )  # fmt: skip
+        self.num_classes = num_classes
+        first, second = channels
+        feature_size = pooled // 2 // 2  # two maxpool(2) after size-keeping convolutions
+        self.features = nn.Sequential(
+            nn.AvgPool2d(input_pool) if input_pool > 1 else nn.Identity(),
+            nn.Conv2d(in_channels, first, kernel_size=kernel_sizes[0], padding=kernel_sizes[0] // 2),
+            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(first, second, kernel_size=kernel_sizes[1], padding=kernel_sizes[1] // 2),
+            nn.MaxPool2d(2),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Sequential(
+            nn.Flatten(),  # (N, second * S * S), 64 * 5 * 5 for RTS
+            nn.Linear(second * feature_size * feature_size, num_classes),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+
 class FullyConnectedClassifier(nn.Module):
     """The paper's FCN baseline: the flattened image through fully connected ReLU layers."""
 

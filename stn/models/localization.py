@@ -40,7 +40,8 @@ def max_depth(image_size: int, kernel_sizes: Sequence[int], paddings: Sequence[i
 class LocalizationNet(nn.Module):
     """A stack of `depth` conv -> maxpool(2) -> ReLU blocks, then a hidden layer of `hidden` units.
 
-    The defaults reproduce the PyTorch STN tutorial at depth 2:
+    `input_pool` > 1 max-pools the input first, as the paper's localization nets do. The defaults
+    reproduce the PyTorch STN tutorial at depth 2:
     Conv(1,8,k7) -> Pool -> ReLU -> Conv(8,10,k5) -> Pool -> ReLU -> Linear(90,32) -> ReLU, to which
     the affine transformer adds Linear(32,6). `channels`, `kernel_sizes` and `paddings` list one
     entry per possible block; the first `depth` are used.
@@ -55,8 +56,11 @@ class LocalizationNet(nn.Module):
         kernel_sizes: Sequence[int] = DEFAULT_KERNEL_SIZES,
         paddings: Sequence[int] = DEFAULT_PADDINGS,
         hidden: int = 32,
+        input_pool: int = 1,
     ) -> None:
         super().__init__()
+        check_argument(type(self), "input_pool", input_pool, lambda v: is_int(v) and v >= 1, "integers >= 1")
+        image_size = image_size // input_pool  # the paper's localization nets max-pool their input first
         blocks_given = f"{len(kernel_sizes)} kernel_sizes and {len(paddings)} paddings"
         check_argument(
             type(self), "channels", channels, lambda v: len(v) == len(kernel_sizes) == len(paddings),
@@ -68,7 +72,7 @@ class LocalizationNet(nn.Module):
             f"1..{deepest} for a {image_size}x{image_size} input",
             "each block is conv -> maxpool(2); a deeper stack shrinks the feature map below 1x1",
         )  # fmt: skip
-        blocks: list[nn.Module] = []
+        blocks: list[nn.Module] = [nn.MaxPool2d(input_pool)] if input_pool > 1 else []
         width = in_channels
         for out_channels, kernel, padding in zip(
             channels[:depth], kernel_sizes[:depth], paddings[:depth], strict=True
