@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from stn.errors import check_argument, is_int
-from stn.models.layers import mlp
+from stn.models.layers import mlp, paper_input_pool
 from stn.models.transformer import SpatialTransformer
 
 
@@ -58,18 +58,20 @@ class PaperConvClassifier(nn.Module):
     re-implementations restate it, e.g. hvy/chainer-spatial-transformer-networks, models.py): the
     input average-pooled by `input_pool` (the paper downsamples the transformer's 42x42 RTS output
     x2), then Conv(9x9, 32) -> MaxPool(2) -> ReLU -> Conv(7x7, 64) -> MaxPool(2) -> ReLU -> Linear
-    to the classes. The convolutions are padded to keep their size, so a 21x21 input fits."""
+    to the classes. The convolutions are padded to keep their size, so a 21x21 input fits.
+    `input_pool=None`: the paper's (x2 on its 42x42 and 60x60 canvases, none on 28x28)."""
 
     def __init__(
         self,
         in_channels: int = 1,
         image_size: int = 42,
         num_classes: int = 10,
-        input_pool: int = 2,
+        input_pool: int | None = None,
         channels: tuple[int, int] = (32, 64),
         kernel_sizes: tuple[int, int] = (9, 7),
     ) -> None:
         super().__init__()
+        input_pool = paper_input_pool(image_size) if input_pool is None else input_pool
         check_argument(type(self), "input_pool", input_pool, lambda v: is_int(v) and v >= 1, "integers >= 1")
         pooled = image_size // input_pool
         check_argument(

@@ -28,3 +28,9 @@ def identity_head(in_features: int, identity: torch.Tensor) -> nn.Linear:
     with torch.no_grad():
         head.bias.copy_(identity.flatten())
     return head
+
+
+def paper_input_pool(image_size: int) -> int:
+    """How much the paper's distorted-MNIST nets pool their input: x2 on its large canvases (RTS
+    42x42, TC 60x60), not on 28x28 digits."""
+    return 2 if image_size >= 40 else 1

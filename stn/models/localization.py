@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from stn.errors import check_argument, is_int
-from stn.models.layers import mlp
+from stn.models.layers import mlp, paper_input_pool
 
 POOL = 2
 # one entry per possible block; the first two are the tutorial's
@@ -40,7 +40,8 @@ def max_depth(image_size: int, kernel_sizes: Sequence[int], paddings: Sequence[i
 class LocalizationNet(nn.Module):
     """A stack of `depth` conv -> maxpool(2) -> ReLU blocks, then a hidden layer of `hidden` units.
 
-    `input_pool` > 1 max-pools the input first, as the paper's localization nets do. The defaults
+    `input_pool` > 1 max-pools the input first, as the paper's localization nets do (None: the
+    paper's, stn.models.layers.paper_input_pool). The defaults
     reproduce the PyTorch STN tutorial at depth 2:
     Conv(1,8,k7) -> Pool -> ReLU -> Conv(8,10,k5) -> Pool -> ReLU -> Linear(90,32) -> ReLU, to which
     the affine transformer adds Linear(32,6). `channels`, `kernel_sizes` and `paddings` list one
@@ -56,9 +57,10 @@ class LocalizationNet(nn.Module):
         kernel_sizes: Sequence[int] = DEFAULT_KERNEL_SIZES,
         paddings: Sequence[int] = DEFAULT_PADDINGS,
         hidden: int = 32,
-        input_pool: int = 1,
+        input_pool: int | None = 1,
     ) -> None:
         super().__init__()
+        input_pool = paper_input_pool(image_size) if input_pool is None else input_pool
         check_argument(type(self), "input_pool", input_pool, lambda v: is_int(v) and v >= 1, "integers >= 1")
         image_size = image_size // input_pool  # the paper's localization nets max-pool their input first
         blocks_given = f"{len(kernel_sizes)} kernel_sizes and {len(paddings)} paddings"
