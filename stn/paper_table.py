@@ -9,11 +9,17 @@ mean test error % ± the half-width of its 95% confidence interval over seeds (t
 how many seeds), with the paper's published errors beside ours and a mark where we match or beat
 them. Unless --no-images, also `paper_<variant>.png` per variant: the same fixed test
 digits, then what each trained transformer makes of them (one row per model).
+
+Every run's figures also go to `paper_runs.csv` (variant, model, seed, test error, schedule), so
+the table can be written again without the run folders:
+
+    python -m stn.paper_table docs/paper/paper_runs.csv --out docs/paper
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import math
 import statistics
 import sys
@@ -69,7 +75,39 @@ class Run:
     seed: int | None
     error: float  # test error %
     checkpoint: str
-    config: DictConfig  # the run's resolved config (.hydra/config.yaml)
+    config: DictConfig | None  # the run's resolved config (.hydra/config.yaml); None from a CSV
+    recorded_schedule: str = ""  # its schedule line, when the run is read back from paper_runs.csv
+
+
+RUNS_CSV = "paper_runs.csv"
+RUNS_HEADER = ["variant", "model", "seed", "test_error_percent", "schedule"]
+
+
+def runs_from_csv(path: Path) -> list[Run]:
+    """The runs a `paper_runs.csv` recorded."""
+    with path.open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    return [
+        Run(path, row["variant"], row["model"], int(row["seed"]) if row["seed"] else None,
+            float(row["test_error_percent"]), "", None, row["schedule"])
+        for row in rows
+    ]  # fmt: skip
+
+
+def run_schedule(run: Run) -> str:
+    """The schedule a run trained with, in a few words (from its config, or as recorded)."""
+    cfg = run.config
+    if cfg is None:
+        return run.recorded_schedule
+    images = cfg.data.get("train_subset") or 60_000 - cfg.data.val_size
+    steps = math.ceil(images / cfg.data.batch_size)
+    scheduler = cfg.model.get("scheduler")
+    decay = scheduler._target_.rsplit(".", 1)[-1] if scheduler else "constant"
+    return (
+        f"{cfg.trainer.max_epochs} epochs x {steps} steps, batch {cfg.data.batch_size}, "
+        f"{cfg.model.optimizer._target_.rsplit('.', 1)[-1]} peak lr {cfg.model.optimizer.lr} "
+        f"(localization x{cfg.model.localization_lr_scale}), {decay}"
+    )
 
 
 def _moved_with_the_run(checkpoint: str, folder: Path) -> str:
@@ -140,28 +178,19 @@ def cell(errors: list[float], paper: float | None = None) -> str:
 
 
 def schedule(runs: list[Run]) -> list[str]:
-    """One line per variant: the training schedule its runs used (from their configs)."""
+    """One line per variant: the training schedules its runs used, and their seeds."""
     lines = []
     for variant in PAPER_COLUMNS.values():
         chosen = [r for r in runs if r.variant == variant]
         if not chosen:
             continue
-        cfg = chosen[0].config
-        images = cfg.data.get("train_subset") or 60_000 - cfg.data.val_size
-        steps = math.ceil(images / cfg.data.batch_size)
-        epochs = sorted({r.config.trainer.max_epochs for r in chosen})
-        scheduler = cfg.model.get("scheduler")
-        decay = scheduler._target_.rsplit(".", 1)[-1] if scheduler else "constant"
+        used = sorted({run_schedule(r) for r in chosen})
         seeds = sorted({r.seed for r in chosen if r.seed is not None})
-        lines.append(
-            f"- {variant}: {'/'.join(map(str, epochs))} epochs x {steps} steps, batch {cfg.data.batch_size}, "
-            f"{cfg.model.optimizer._target_.rsplit('.', 1)[-1]} peak lr {cfg.model.optimizer.lr} "
-            f"(localization x{cfg.model.localization_lr_scale}), {decay}, seeds {seeds}"
-        )
+        lines.append(f"- {variant}: {'; '.join(used)}; seeds {seeds}")
     return lines
 
 
-def write_table(runs: list[Run], out: Path) -> str:
+def write_table(runs: list[Run], out: Path, command: str = "python -m stn.paper_table") -> str:
     columns = list(PAPER_COLUMNS.values())
     models = [m for m in MODELS if any(r.model == m for r in runs)]
     models += sorted({r.model for r in runs} - set(models))
@@ -176,6 +205,11 @@ def write_table(runs: list[Run], out: Path) -> str:
         paper = [str(published.get(c, "")) for c in columns]
         rows.append([MODELS.get(model, model), *ours, *paper])
     write_atomically(out / "paper_table.csv", csv_text([header, *rows]))
+    records = [
+        [r.variant, r.model, "" if r.seed is None else r.seed, f"{r.error:.4f}", run_schedule(r)]
+        for r in runs
+    ]
+    write_atomically(out / RUNS_CSV, csv_text([RUNS_HEADER, *sorted(records, key=str)]))
     lines = [
         "| model | " + " | ".join(f"{c} (paper)" for c in columns) + " |",
         "| --- |" + " --- |" * len(columns),
@@ -185,11 +219,12 @@ def write_table(runs: list[Run], out: Path) -> str:
         cells = [f"{o or '—'} ({p or '—'})" for o, p in zip(ours, paper, strict=True)]
         lines.append(f"| {row[0]} | " + " | ".join(cells) + " |")
     markdown = (
+        f"Written by `{command}`.\n\n"
         "Test error %, mean ± the half-width of its 95% confidence interval over seeds (t distribution), "
         f"the paper's error in brackets; {MATCH}: at or below the paper's error, or the interval reaches "
         "it and is narrower than the mean\n\n" + "\n".join(lines) + "\n"
     )
-    markdown += "\nSchedule (from the runs' configs):\n\n" + "\n".join(schedule(runs)) + "\n"
+    markdown += "\nSchedule of the runs:\n\n" + "\n".join(schedule(runs)) + "\n"
     write_atomically(out / "paper_table.md", markdown)
     return markdown
 
@@ -228,19 +263,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("root", type=Path, help="a folder of finished runs (searched recursively)")
+    parser.add_argument(
+        "root", type=Path, help=f"a folder of finished runs (searched recursively), or a {RUNS_CSV}"
+    )
     parser.add_argument("--out", type=Path, help="where to write the table and images (default: root)")
     parser.add_argument("--no-images", action="store_true")
     args = parser.parse_args()
-    if not args.root.is_dir():
-        raise SystemExit(f"error: {args.root} is not a folder of runs")
-    runs = find_runs(args.root)
+    from_csv = args.root.is_file() and args.root.suffix == ".csv"
+    if not (args.root.is_dir() or from_csv):
+        raise SystemExit(f"error: {args.root} is not a folder of runs nor a {RUNS_CSV}")
+    runs = runs_from_csv(args.root) if from_csv else find_runs(args.root)
     if not runs:
-        raise SystemExit(f"error: no finished run on a distorted variant (data=mnist_*) below {args.root}")
-    out = args.out or args.root
+        raise SystemExit(f"error: no finished run on a distorted variant (data=mnist_*) in {args.root}")
+    out = args.out or (args.root.parent if from_csv else args.root)
     out.mkdir(parents=True, exist_ok=True)
-    print(write_table(runs, out))
-    if not args.no_images:
+    print(write_table(runs, out, "python -m stn.paper_table " + " ".join(sys.argv[1:])))
+    if not args.no_images and not from_csv:
         for path in write_images(runs, out):
             print(f"wrote {path}")
     print(f"wrote {out / 'paper_table.md'} and {out / 'paper_table.csv'} ({len(runs)} runs)")
