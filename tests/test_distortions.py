@@ -271,6 +271,11 @@ def test_augmentation_draws_within_its_ranges_and_moves_the_digit_by_its_shift(d
     assert float(error.median()) < 0.2  # a digit pushed against the edge loses a little ink
     identity = Augmentation(max_shift_px=0, degrees=(0, 0), scale=(1, 1))
     assert torch.allclose(identity(digits, generator)[0], digits, atol=1e-5)
+    assert torch.allclose(Augmentation(probability=0.0)(digits, generator)[0], digits, atol=1e-5)
+    half, drawn = Augmentation(probability=0.5)(digits, generator)
+    untouched = (half - digits).abs().flatten(1).amax(dim=1) < 1e-5  # (N,)
+    assert 0.35 < float(untouched.float().mean()) < 0.65
+    assert torch.all(drawn["degrees"][untouched] == 0) and torch.all(drawn["scale"][untouched] == 1)
 
 
 def test_augmented_training_batches_move_and_evaluation_batches_do_not(mnist_dir: Path):

@@ -98,7 +98,8 @@ class RotationScaleTranslation(Distortion):
 class Augmentation(Distortion):
     """On-the-fly augmentation of MNIST itself (28x28): a random shift of up to `max_shift_px`
     pixels in each direction, a rotation in `degrees` and a scale in `scale`, drawn per image on the
-    training device. Clean MNIST never shows a spatial transformer a shifted or turned digit, so it
+    training device, each digit with `probability` (the others are left as they are). Clean MNIST
+    never shows a spatial transformer a shifted or turned digit, so it
     has nothing to learn to undo; this does (`data.augment`, off by default)."""
 
     name = "augment"
@@ -108,7 +109,13 @@ class Augmentation(Distortion):
         max_shift_px: float = 4.0,
         degrees: Sequence[float] = (-30.0, 30.0),
         scale: Sequence[float] = (0.9, 1.1),
+        probability: float = 1.0,
     ) -> None:
+        self.probability = float(
+            check_argument(
+                type(self), "probability", probability, lambda v: is_number(v) and 0 <= v <= 1, "[0, 1]"
+            )
+        )
         self.max_shift_px = _non_negative(type(self), "max_shift_px", max_shift_px)
         self.degrees = check_range(type(self), "degrees", degrees, -180, 180)
         self.scale = check_range(type(self), "scale", scale, 1e-3)
@@ -119,6 +126,10 @@ class Augmentation(Distortion):
         scale = _uniform(count, self.scale, generator)
         unit = 2 * torch.rand(count, 2, generator=generator, device=generator.device) - 1  # (N, 2) in [-1, 1)
         translation = unit * self.max_shift_px  # (N, 2) pixels
+        # each digit is moved with `probability`, else left as it is (the identity)
+        moved = torch.rand(count, generator=generator, device=generator.device) < self.probability  # (N,)
+        angle, scale = torch.where(moved, angle, 0.0), torch.where(moved, scale, 1.0)
+        translation = torch.where(moved[:, None], translation, 0.0)
         theta = affine_theta(angle, scale, translation, MNIST_SIZE, MNIST_SIZE)  # (N, 2, 3)
         grid = torch.nn.functional.affine_grid(theta, tuple(images.shape), align_corners=False)
         params = {"degrees": torch.rad2deg(angle), "scale": scale, "translation": translation}
