@@ -94,7 +94,7 @@ def test_each_threshold_names_its_breach():
     for change, words in (
         ({"scale": 3.0}, "zooms out"),
         ({"scale": 0.1}, "zooms into a speck"),
-        ({"outside_fraction": 0.6}, "60% of its sampling grid is outside"),
+        ({"outside_fraction": 0.8}, "80% of its sampling grid is outside"),
         ({"background_fraction": 0.99}, "99.0% of its output is background"),
         ({"theta_finite": 0.5}, "theta is not finite"),
     ):

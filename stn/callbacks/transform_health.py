@@ -62,7 +62,7 @@ class TransformHealth(L.Callback):
         max_images: int = 2048,
         min_scale: float = 0.2,
         max_scale: float = 2.5,
-        max_outside_fraction: float = 0.5,
+        max_outside_fraction: float = 0.75,
         max_background_fraction: float = 0.97,
         background_level: float = 0.1,
         stop_on_collapse: bool = False,
