@@ -106,9 +106,10 @@ def _fit_and_test(
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
-        if not best:
-            log.warning(
-                "No best checkpoint (fast_dev_run or no ModelCheckpoint): testing the current weights"
+        if not best:  # expected under fast_dev_run (it writes no checkpoint); a surprise otherwise
+            level = logging.INFO if trainer.fast_dev_run else logging.WARNING
+            log.log(
+                level, "No best checkpoint (fast_dev_run or no ModelCheckpoint): testing the current weights"
             )
         trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
