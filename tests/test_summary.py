@@ -32,7 +32,12 @@ def test_summary_ranks_jobs_and_lists_the_failed_one(tmp_path: Path, mnist_dir: 
     )
     assert process.returncode != 0  # the sweep reports its failed job
     assert summarize([str(sweep)]) == 0
-    lines = (sweep / "summary.md").read_text().splitlines()
+    text = (sweep / "summary.md").read_text()
+    assert (
+        text.startswith("Command: `python -m stn.train --multirun ")
+        and "model.localization.depth=1,2,9" in text
+    )
+    lines = text[text.index("| job") :].splitlines()  # after the command and the fixed overrides
     header = [cell.strip() for cell in lines[0].strip("|").split("|")]
     assert header[:4] == ["job", "status", "model.localization.depth", "val/acc_best"]
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
