@@ -66,7 +66,7 @@ def test_transform_health_logs_figures_and_stays_quiet_on_a_healthy_run(tmp_path
     histograms = set(events.Tags()["histograms"])
     for figure in ("scale", "rotation", "shear", "translation", "outside_fraction", "background_fraction"):
         assert f"transform_spread/{figure}" in histograms
-        assert len(events.Histograms(f"transform/{figure}")) == 2  # one per validation epoch
+        assert len(events.Histograms(f"transform_spread/{figure}")) == 2  # one per validation epoch
 
 
 @pytest.mark.slow
