@@ -17,7 +17,6 @@ why and what to do, and the folder's record is left as it was.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -25,13 +24,13 @@ from omegaconf import DictConfig, OmegaConf
 from stn.errors import ConfigError, UserError
 from stn.utils.checkpoints import read_checkpoint
 from stn.utils.runs import (
-    CREATED_RUN_DIRS,
     LAST_CHECKPOINT,
     RUN_CONFIG,
     RunFolder,
     check_writable,
     flatten,
     record_run_config,
+    remove_if_unused,
     restore_run_config,
     run_folders,
     saved_config,
@@ -151,9 +150,9 @@ def _check_readable(checkpoint: Path) -> None:
 
 def _move_log(stub: Path, folder: Path) -> None:
     """Log into `folder`'s own log from now on, and remove `stub`, the folder made for this start,
-    if this process created it (`new_dir`) and it holds nothing but Hydra's record and the log: a
-    resumed run is one folder, not one per start. A folder the user named (hydra.run.dir=...) is
-    the user's, and is left as it is."""
+    if this process created it and it holds nothing but Hydra's record and the log
+    (`remove_if_unused`): a resumed run is one folder, not one per start. A folder the user named
+    (hydra.run.dir=...) is the user's, and is left as it is."""
     root = logging.getLogger()
     for handler in list(root.handlers):
         filename = getattr(handler, "baseFilename", None)
@@ -164,17 +163,7 @@ def _move_log(stub: Path, folder: Path) -> None:
             moved.setFormatter(handler.formatter)
             moved.setLevel(handler.level)
             root.addHandler(moved)
-    if stub.resolve() not in CREATED_RUN_DIRS:
-        return
-    record = stub / ".hydra"
-    made_here = {record / name for name in ("config.yaml", "hydra.yaml", "overrides.yaml")}
-    only_ours = all(p == record or p.suffix == ".log" for p in stub.iterdir())
-    if only_ours and (not record.is_dir() or all(p in made_here for p in record.iterdir())):
-        shutil.rmtree(stub)
-        for parent in stub.resolve().parents:  # and the empty parents made for it (outputs/train/runs)
-            if parent not in CREATED_RUN_DIRS or any(parent.iterdir()):
-                break
-            parent.rmdir()
+    remove_if_unused(stub)
 
 
 def finished_here(cfg: DictConfig) -> dict | None:
