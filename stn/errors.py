@@ -13,6 +13,7 @@ import math
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 from omegaconf import DictConfig, ListConfig
@@ -42,23 +43,6 @@ class TrainingDiverged(UserError):
     """The loss is no longer a finite number: training stopped, as nothing after it would count."""
 
 
-class ArgumentError(ConfigError):
-    """One argument outside what its owner accepts, raised where the value enters.
-
-    `owner` is the class whose argument it is; `key` starts as the argument's name and becomes the
-    full config key once `stn.utils.instantiators.build` finds the config node that built `owner`."""
-
-    def __init__(self, owner: type, name: str, value: Any, allowed: str, why: str = "") -> None:
-        self.owner, self.name, self.value, self.allowed, self.why = owner, name, value, allowed, why
-        self.key = name
-        super().__init__()
-
-    def __str__(self) -> str:
-        value = list(self.value) if isinstance(self.value, (list, tuple, ListConfig)) else self.value
-        why = f" ({self.why})" if self.why else ""
-        return f"{self.key}={value} is out of range: allowed {self.allowed}{why}"
-
-
 def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -67,20 +51,89 @@ def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def accepts(ok: Callable[[Any], bool], value: Any) -> bool:
-    """`ok(value)`, where a value of the wrong type (`ok` raises TypeError or ValueError) is refused."""
-    try:
-        return bool(ok(value))
-    except (TypeError, ValueError):
-        return False
+@dataclass(frozen=True)
+class Allowed:
+    """What one value accepts: its test and the words a refusal prints, written once and shared by
+    every argument and config key with the same range (`integers(1)`, `one_of("epoch", "step")`)."""
+
+    test: Callable[[Any], bool]
+    words: str
+    why: str = ""  # the reason, when the range is not self-evident
+
+    def accepts(self, value: Any) -> bool:
+        """`test(value)`, where a value of the wrong type (the test raises) is refused."""
+        try:
+            return bool(self.test(value))
+        except (TypeError, ValueError):
+            return False
+
+    def because(self, why: str) -> Allowed:
+        return replace(self, why=why)
+
+    def or_null(self) -> Allowed:
+        return Allowed(lambda v: v is None or self.accepts(v), f"{self.words} or null", self.why)
 
 
-def check_argument(
-    owner: type, name: str, value: Any, ok: Callable[[Any], bool], allowed: str, why: str = ""
-) -> Any:
-    """`value` if `ok(value)`, else ArgumentError; a value of the wrong type is out of range too."""
-    if not accepts(ok, value):
-        raise ArgumentError(owner, name, value, allowed, why)
+def integers(low: int, high: int | None = None) -> Allowed:
+    words = f"integers >= {low}" if high is None else f"integers {low}..{high}"
+    return Allowed(lambda v: is_int(v) and low <= v and (high is None or v <= high), words)
+
+
+def numbers(low: float | None = None, high: float | None = None, *, above: float | None = None) -> Allowed:
+    """Finite numbers in [low, high], or above `above` (exclusive)."""
+    if above is not None:
+        return Allowed(lambda v: is_number(v) and v > above, f"> {above:g}")
+    words = f">= {low:g}" if high is None else f"[{low:g}, {high:g}]"
+    return Allowed(lambda v: is_number(v) and low <= v and (high is None or v <= high), words)
+
+
+def one_of(*choices: Any) -> Allowed:
+    """One of `choices`, compared as text (so `precision=16` is the choice "16")."""
+    names = tuple(str(choice) for choice in choices)
+    return Allowed(lambda v: str(v) in names, " | ".join(names))
+
+
+def out_of_range(key: str, value: Any, allowed: Allowed) -> str:
+    """The one sentence for a refused value."""
+    value = list(value) if isinstance(value, (list, tuple, ListConfig)) else value
+    why = f" ({allowed.why})" if allowed.why else ""
+    return f"{key}={value} is out of range: allowed {allowed.words}{why}"
+
+
+class ArgumentError(ConfigError):
+    """One constructor argument outside what its owner accepts, raised where the value enters.
+
+    `owner` is the class whose argument it is; `key` starts as the argument's name and becomes the
+    full config key once `stn.utils.instantiators.build` finds the config node that built `owner`."""
+
+    def __init__(self, owner: type, name: str, value: Any, allowed: Allowed) -> None:
+        self.owner, self.name, self.value, self.allowed = owner, name, value, allowed
+        self.key = name
+        super().__init__()
+
+    def __str__(self) -> str:
+        return out_of_range(self.key, self.value, self.allowed)
+
+
+def _owner_type(owner: object) -> type:
+    return owner if isinstance(owner, type) else type(owner)
+
+
+def check(owner: object, allowed: Allowed, **argument: Any) -> Any:
+    """The value of the one `name=value` argument if `allowed` accepts it, else ArgumentError naming
+    that argument of `owner` (an instance or its class):
+    `self.depth = check(self, integers(1), depth=depth)`."""
+    ((name, value),) = argument.items()
+    if not allowed.accepts(value):
+        raise ArgumentError(_owner_type(owner), name, value, allowed)
+    return value
+
+
+def check_value(key: str, value: Any, allowed: Allowed) -> Any:
+    """`value` if `allowed` accepts it, else ConfigError naming `key`: for an entry point's own
+    options and the config keys that no project class owns."""
+    if not allowed.accepts(value):
+        raise ConfigError(out_of_range(key, value, allowed))
     return value
 
 
@@ -92,15 +145,16 @@ class InvertedRangeError(ArgumentError):
 
 
 def check_range(
-    owner: type, name: str, value: Any, low: float = -math.inf, high: float = math.inf
+    owner: object, low: float = -math.inf, high: float = math.inf, **argument: Any
 ) -> tuple[float, float]:
-    """A [min, max] argument: two numbers, min <= max, inside [low, high]."""
-    allowed = f"[min, max] within [{low}, {high}]"
-    check_argument(owner, name, value, lambda v: len(v) == 2 and all(is_number(x) for x in v), allowed)
+    """A [min, max] argument given as `name=value`: two numbers, min <= max, inside [low, high]."""
+    ((name, value),) = argument.items()
+    words = f"[min, max] within [{low}, {high}]"
+    check(owner, Allowed(lambda v: len(v) == 2 and all(is_number(x) for x in v), words), **argument)
     first, last = float(value[0]), float(value[1])
     if first > last:
-        raise InvertedRangeError(owner, name, value, allowed)
-    check_argument(owner, name, value, lambda _: low <= first and last <= high, allowed)
+        raise InvertedRangeError(_owner_type(owner), name, value, Allowed(bool, words))
+    check(owner, Allowed(lambda _: low <= first and last <= high, words), **argument)
     return first, last
 
 

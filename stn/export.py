@@ -29,7 +29,7 @@ import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from stn.errors import ConfigError, UserError, user_errors_reported
+from stn.errors import Allowed, ConfigError, UserError, check_value, integers, one_of, user_errors_reported
 from stn.loading import TrainedModel, trained_model
 from stn.paths import CONF_DIR
 from stn.utils.runs import write_atomically
@@ -123,10 +123,10 @@ def check_output(path: Path, fmt: str, overwrite: bool) -> Path:
     """Where the report goes (`<file>.json`, beside the model), after checking, before anything is
     written, that the model file can be written there and that no existing file is replaced
     unless `overwrite=true` says so."""
-    if path.suffix != FORMATS[fmt]:
-        raise ConfigError(
-            f"output_file={path} is out of range: allowed a file name ending in {FORMATS[fmt]} (format={fmt})"
-        )
+    ending = Allowed(
+        lambda p: p.suffix == FORMATS[fmt], f"a file name ending in {FORMATS[fmt]}", f"format={fmt}"
+    )
+    check_value("output_file", path, ending)
     report = path.with_suffix(".json")
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
@@ -147,14 +147,9 @@ def check_output(path: Path, fmt: str, overwrite: bool) -> Path:
 
 
 def export(cfg: DictConfig) -> dict[str, object]:
-    fmt = str(cfg.get("format"))
-    if fmt not in FORMATS:
-        raise ConfigError(f"format={fmt} is out of range: allowed {' | '.join(FORMATS)}")
-    if str(cfg.get("input", "float")) not in INPUTS:
-        raise ConfigError(f"input={cfg.get('input')} is out of range: allowed {' | '.join(INPUTS)}")
-    check_images = cfg.get("check_images", 256)
-    if not isinstance(check_images, int) or isinstance(check_images, bool) or check_images < 0:
-        raise ConfigError(f"check_images={check_images} is out of range: allowed integers >= 0")
+    fmt = str(check_value("format", cfg.get("format"), one_of(*FORMATS)))
+    check_value("input", cfg.get("input", "float"), one_of(*INPUTS))
+    check_images = check_value("check_images", cfg.get("check_images", 256), integers(0))
     if fmt == "onnx":
         try:
             import onnxruntime  # noqa: F401

@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
 from stn.data.images import ImageError, image_files, read_grey, to_canvas
-from stn.errors import ConfigError, UserError, user_errors_reported
+from stn.errors import Allowed, ConfigError, UserError, check_value, integers, user_errors_reported
 from stn.loading import TrainedModel, trained_model
 from stn.paths import CONF_DIR
 from stn.utils.runs import csv_text, write_atomically
@@ -148,16 +148,12 @@ def predict_image(
 def _invert_option(value: Any) -> bool | None:
     if value in ("auto", None):
         return None
-    if isinstance(value, bool):
-        return value
-    raise ConfigError(f"invert={value} is out of range: allowed auto | true | false")
+    return check_value("invert", value, Allowed(lambda v: isinstance(v, bool), "auto | true | false"))
 
 
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     invert = _invert_option(cfg.get("invert", "auto"))
-    top_k = cfg.get("top_k", 3)
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise ConfigError(f"top_k={top_k} is out of range: allowed integers >= 1")
+    top_k = check_value("top_k", cfg.get("top_k", 3), integers(1))
     if not cfg.get("inputs"):
         raise ConfigError("inputs is required: an image file, a folder of images, or a glob ('digits/*.png')")
     files = image_files(str(cfg.inputs))

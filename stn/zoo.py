@@ -25,7 +25,7 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-from stn.errors import UserError
+from stn.errors import Allowed, UserError, check_value
 from stn.loading import (
     MANIFEST,
     ZOO_DIR,
@@ -60,10 +60,8 @@ def accuracy_on_test_set(trained: TrainedModel, data_dir: Path) -> float:
 
 def _check_add(name: str, run_dir: Path, data_dir: Path, zoo_dir: Path, overwrite: bool) -> None:
     """Every user error of `add`, before anything is written."""
-    if not NAME.fullmatch(name):
-        raise UserError(
-            f"name={name!r} is out of range: allowed letters, digits, _ and - (a file name in {zoo_dir})"
-        )
+    file_name = Allowed(lambda v: NAME.fullmatch(v), "letters, digits, _ and -", f"a file name in {zoo_dir}")
+    check_value("name", name, file_name)
     if name in zoo_manifest(zoo_dir) and not overwrite:
         raise UserError(f"the zoo already has {name}; choose another name, or pass --overwrite to replace it")
     if not (run_dir / "metrics.json").is_file():

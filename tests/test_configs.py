@@ -95,7 +95,7 @@ def test_cnn_has_no_localization():
         ("model.localization.depth=0", r"model.localization.depth=0 is out of range: allowed 1\.\.3"),
         ("model.optimizer.lr=-0.01", r"model.optimizer.lr=-0.01 is out of range: allowed > 0"),
         ("data.batch_size=0", r"data.batch_size=0 is out of range"),
-        ("data.val_size=60000", r"data.val_size=60000 is out of range: allowed 1\.\.59999"),
+        ("data.val_size=60000", r"data.val_size=60000 is out of range: allowed integers 1\.\.59999"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_and_range(override: str, message: str):

@@ -154,7 +154,7 @@ def test_projective_corners_never_fold_the_digit_over(digits: torch.Tensor):
         (lambda: Rotation(degrees=(90, -90)), r"^degrees=\[90.*-90.*\] is inverted"),
         (lambda: Projective(corner_std_px=-1), r"^corner_std_px=-1 is out of range"),
         (lambda: Elastic(points_per_side=1), r"^points_per_side=1 is out of range"),
-        (lambda: Cluttered(canvas_size=20), r"^canvas_size=20 is out of range: allowed >= 28"),
+        (lambda: Cluttered(canvas_size=20), r"^canvas_size=20 is out of range: allowed integers >= 28"),
     ],
 )
 def test_bad_ranges_name_the_key(make, message: str):

@@ -14,7 +14,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from stn.data import MNISTDataError, MNISTDataModule
-from stn.errors import ConfigError
+from stn.errors import ArgumentError, ConfigError, check, check_value, integers, numbers, one_of
 from stn.eval import evaluate as evaluate_in_process
 from stn.summarize import load_jobs
 from stn.utils.checks import check_config
@@ -216,6 +216,34 @@ def test_values_of_the_wrong_type_or_range_are_one_sentence(override: str, messa
     with pytest.raises(ConfigError) as error:
         check_config(compose_config("train.yaml", [override]))
     assert str(error.value) == message
+
+
+@pytest.mark.parametrize(
+    ("allowed", "good", "bad", "words"),
+    [
+        (integers(1), [1, 7], [0, 1.0, True, "2", None], "integers >= 1"),
+        (integers(1, 3), [1, 3], [0, 4], "integers 1..3"),
+        (integers(1).or_null(), [None, 2], [0, "x"], "integers >= 1 or null"),
+        (numbers(above=0), [1e-9, 2], [0, float("nan"), float("inf"), True], "> 0"),
+        (numbers(0, 1), [0, 0.5, 1], [-0.1, 1.1], "[0, 1]"),
+        (one_of("epoch", "step"), ["epoch", "step"], ["Epoch", None], "epoch | step"),
+    ],
+)
+def test_each_range_is_one_rule_with_its_words(allowed, good, bad, words: str):
+    """The same rule, and its words, for a constructor's argument and an entry point's key."""
+
+    class Owner:
+        pass
+
+    assert all(check(Owner, allowed, value=value) == value for value in good)
+    for value in bad:
+        with pytest.raises(ArgumentError) as argument_error:
+            check(Owner(), allowed, value=value)
+        assert argument_error.value.owner is Owner
+        with pytest.raises(ConfigError) as key_error:
+            check_value("some.key", value, allowed.because("a reason"))
+        assert str(argument_error.value) == f"value={value} is out of range: allowed {words}"
+        assert str(key_error.value) == f"some.key={value} is out of range: allowed {words} (a reason)"
 
 
 def test_eval_without_a_checkpoint_says_what_it_needs():

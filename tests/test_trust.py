@@ -173,7 +173,7 @@ def test_zoo_weights_of_the_wrong_shape_are_one_sentence(zoo_copy: Path):
 @pytest.mark.parametrize(
     ("name", "data_dir", "message"),
     [
-        ("../../x", None, "name='../../x' is out of range"),
+        ("../../x", None, "name=../../x is out of range: allowed letters, digits, _ and -"),
         ("stn_mnist", None, "the zoo already has stn_mnist"),
         ("new_model", "/nonexistent", "--data-dir /nonexistent holds no MNIST/raw/"),
     ],

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 import torch
 
-from stn.errors import check_argument, check_range, is_int, is_number
+from stn.errors import check, check_range, integers, numbers
 from stn.geometry import (
     affine_theta,
     control_grid,
@@ -44,14 +44,6 @@ def _uniform(count: int, bounds: tuple[float, float], generator: torch.Generator
 
 def _normal(shape: tuple[int, ...], std: float, generator: torch.Generator) -> torch.Tensor:
     return std * torch.randn(shape, generator=generator, device=generator.device)
-
-
-def _canvas(owner: type, canvas_size: int) -> int:
-    return check_argument(owner, "canvas_size", canvas_size, lambda v: is_int(v) and v >= MNIST_SIZE, ">= 28")
-
-
-def _non_negative(owner: type, name: str, value: float) -> float:
-    return float(check_argument(owner, name, value, lambda v: is_number(v) and v >= 0, ">= 0"))
 
 
 class Distortion:
@@ -76,9 +68,9 @@ class RotationScaleTranslation(Distortion):
         scale: Sequence[float] = (0.7, 1.2),
         canvas_size: int = 42,
     ) -> None:
-        self.degrees = check_range(type(self), "degrees", degrees, -180, 180)
-        self.scale = check_range(type(self), "scale", scale, 1e-3)
-        self.canvas_size = _canvas(type(self), canvas_size)
+        self.degrees = check_range(self, -180, 180, degrees=degrees)
+        self.scale = check_range(self, 1e-3, scale=scale)
+        self.canvas_size = check(self, integers(MNIST_SIZE), canvas_size=canvas_size)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
         count = images.shape[0]
@@ -111,14 +103,10 @@ class Augmentation(Distortion):
         scale: Sequence[float] = (0.9, 1.1),
         probability: float = 1.0,
     ) -> None:
-        self.probability = float(
-            check_argument(
-                type(self), "probability", probability, lambda v: is_number(v) and 0 <= v <= 1, "[0, 1]"
-            )
-        )
-        self.max_shift_px = _non_negative(type(self), "max_shift_px", max_shift_px)
-        self.degrees = check_range(type(self), "degrees", degrees, -180, 180)
-        self.scale = check_range(type(self), "scale", scale, 1e-3)
+        self.probability = float(check(self, numbers(0, 1), probability=probability))
+        self.max_shift_px = float(check(self, numbers(0), max_shift_px=max_shift_px))
+        self.degrees = check_range(self, -180, 180, degrees=degrees)
+        self.scale = check_range(self, 1e-3, scale=scale)
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
         count = images.shape[0]
@@ -161,8 +149,8 @@ class Projective(Distortion):
     redraws = 8
 
     def __init__(self, scale: Sequence[float] = (0.75, 1.0), corner_std_px: float = 5.0) -> None:
-        self.scale = check_range(type(self), "scale", scale, 1e-3)
-        self.corner_std_px = _non_negative(type(self), "corner_std_px", corner_std_px)
+        self.scale = check_range(self, 1e-3, scale=scale)
+        self.corner_std_px = float(check(self, numbers(0), corner_std_px=corner_std_px))
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
         count = images.shape[0]
@@ -193,10 +181,8 @@ class Elastic(Distortion):
     name = "elastic"
 
     def __init__(self, points_per_side: int = 4, control_std_px: float = 1.5) -> None:
-        self.points_per_side = check_argument(
-            type(self), "points_per_side", points_per_side, lambda v: is_int(v) and v >= 2, ">= 2"
-        )
-        self.control_std_px = _non_negative(type(self), "control_std_px", control_std_px)
+        self.points_per_side = check(self, integers(2), points_per_side=points_per_side)
+        self.control_std_px = float(check(self, numbers(0), control_std_px=control_std_px))
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, Params]:
         count = images.shape[0]
@@ -215,14 +201,9 @@ class Cluttered(Distortion):
     name = "cluttered"
 
     def __init__(self, canvas_size: int = 60, clutter_pieces: int = 6, piece_size: int = 6) -> None:
-        owner = type(self)
-        self.canvas_size = _canvas(owner, canvas_size)
-        self.piece_size = check_argument(
-            owner, "piece_size", piece_size, lambda v: is_int(v) and 1 <= v <= MNIST_SIZE, f"1..{MNIST_SIZE}"
-        )
-        self.clutter_pieces = check_argument(
-            owner, "clutter_pieces", clutter_pieces, lambda v: is_int(v) and v >= 0, ">= 0"
-        )
+        self.canvas_size = check(self, integers(MNIST_SIZE), canvas_size=canvas_size)
+        self.piece_size = check(self, integers(1, MNIST_SIZE), piece_size=piece_size)
+        self.clutter_pieces = check(self, integers(0), clutter_pieces=clutter_pieces)
 
     def _paste(
         self, canvas: torch.Tensor, pieces: torch.Tensor, top: torch.Tensor, left: torch.Tensor

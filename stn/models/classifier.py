@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from stn.errors import check_argument, is_int
+from stn.errors import check, integers
 from stn.models.layers import mlp, paper_input_pool
 from stn.models.transformer import SpatialTransformer
 
@@ -26,9 +26,7 @@ class ConvClassifier(nn.Module):
         dropout: float = 0.5,
     ) -> None:
         super().__init__()
-        check_argument(
-            type(self), "image_size", image_size, lambda v: is_int(v) and v >= 16, "integers >= 16"
-        )
+        check(self, integers(16), image_size=image_size)
         self.num_classes = num_classes
         first, second = channels
         feature_size = ((image_size - 4) // 2 - 4) // 2
@@ -72,12 +70,10 @@ class PaperConvClassifier(nn.Module):
     ) -> None:
         super().__init__()
         input_pool = paper_input_pool(image_size) if input_pool is None else input_pool
-        check_argument(type(self), "input_pool", input_pool, lambda v: is_int(v) and v >= 1, "integers >= 1")
+        check(self, integers(1), input_pool=input_pool)
         pooled = image_size // input_pool
-        check_argument(
-            type(self), "image_size", image_size, lambda v: is_int(v) and pooled >= 4,
-            f"integers >= {4 * input_pool} (at least 4x4 after the input pooling of {input_pool})",
-        )  # fmt: skip
+        after_pooling = f"at least 4x4 after the input pooling of {input_pool}"
+        check(self, integers(4 * input_pool).because(after_pooling), image_size=image_size)
         self.num_classes = num_classes
         first, second = channels
         feature_size = pooled // 2 // 2  # two maxpool(2) after size-keeping convolutions

@@ -13,7 +13,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from stn.errors import TrainingDiverged, check_argument, is_number
+from stn.errors import TrainingDiverged, check, numbers, one_of
 from stn.models.classifier import STNClassifier
 from stn.models.speed import Batch, SpeedOptions
 from stn.models.transformer import SpatialTransformer
@@ -51,13 +51,8 @@ class STNLitModule(SpeedOptions, L.LightningModule):
         cuda_graph: bool = False,
     ) -> None:
         super().__init__()
-        owner = type(self)
-        check_argument(
-            owner, "scheduler_interval", scheduler_interval, lambda v: v in ("epoch", "step"), "epoch | step"
-        )
-        check_argument(
-            owner, "localization_lr_scale", localization_lr_scale, lambda v: is_number(v) and v >= 0, ">= 0"
-        )
+        check(self, one_of("epoch", "step"), scheduler_interval=scheduler_interval)
+        check(self, numbers(0), localization_lr_scale=localization_lr_scale)
         # modules and factories stay out of the checkpoint's hparams so it loads with weights_only
         modules = ["classifier", "localization", "optimizer", "scheduler", "transformer"]
         self.save_hyperparameters(logger=False, ignore=modules)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from stn.errors import check_argument, is_int
+from stn.errors import Allowed, check, integers
 from stn.models.layers import mlp, paper_input_pool
 
 POOL = 2
@@ -61,19 +61,22 @@ class LocalizationNet(nn.Module):
     ) -> None:
         super().__init__()
         input_pool = paper_input_pool(image_size) if input_pool is None else input_pool
-        check_argument(type(self), "input_pool", input_pool, lambda v: is_int(v) and v >= 1, "integers >= 1")
+        check(self, integers(1), input_pool=input_pool)
         image_size = image_size // input_pool  # the paper's localization nets max-pool their input first
         blocks_given = f"{len(kernel_sizes)} kernel_sizes and {len(paddings)} paddings"
-        check_argument(
-            type(self), "channels", channels, lambda v: len(v) == len(kernel_sizes) == len(paddings),
-            f"one entry per block, as many as the {blocks_given}",
-        )  # fmt: skip
+        one_per_block = f"one entry per block, as many as the {blocks_given}"
+        check(
+            self,
+            Allowed(lambda v: len(v) == len(kernel_sizes) == len(paddings), one_per_block),
+            channels=channels,
+        )
         deepest = max_depth(image_size, kernel_sizes, paddings)
-        check_argument(
-            type(self), "depth", depth, lambda v: is_int(v) and 1 <= v <= deepest,
+        fits = Allowed(
+            integers(1, deepest).test,
             f"1..{deepest} for a {image_size}x{image_size} input",
             "each block is conv -> maxpool(2); a deeper stack shrinks the feature map below 1x1",
-        )  # fmt: skip
+        )
+        check(self, fits, depth=depth)
         blocks: list[nn.Module] = [nn.MaxPool2d(input_pool)] if input_pool > 1 else []
         width = in_channels
         for out_channels, kernel, padding in zip(

@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from stn.errors import check_argument
+from stn.errors import Allowed, check, one_of
 from stn.models.acceleration import (
     COMPILE_MODES,
     CUDA_GRAPH_MODES,
@@ -36,14 +36,10 @@ class SpeedOptions:
     """Mixin for a LightningModule whose network is `self.net` (module docstring)."""
 
     def _init_speed(self, channels_last: bool, compile: bool, compile_mode: str, cuda_graph: bool) -> None:
-        owner = type(self)
-        check_argument(
-            owner, "compile_mode", compile_mode, lambda v: v in COMPILE_MODES, " | ".join(COMPILE_MODES)
-        )
-        check_argument(
-            owner, "cuda_graph", cuda_graph, lambda v: not (v and compile), "false when model.compile=true",
-            "the graphed step and torch.compile each capture the network: choose one",
-        )  # fmt: skip
+        check(self, one_of(*COMPILE_MODES), compile_mode=compile_mode)
+        alone = Allowed(lambda v: not (v and compile), "false when model.compile=true")
+        why = "the graphed step and torch.compile each capture the network: choose one"
+        check(self, alone.because(why), cuda_graph=cuda_graph)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self._compiled = False

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stn.errors import check_argument, is_int, is_number
+from stn.errors import Allowed, check, integers, numbers
 from stn.geometry import affine_grid, control_grid, homography_grid, tps_grid, tps_system
 from stn.models.layers import identity_head
 
@@ -40,13 +40,7 @@ class SpatialTransformer(nn.Module):
         input_std: float = 1.0,
     ) -> None:
         super().__init__()
-        check_argument(
-            type(self),
-            "output_size",
-            output_size,
-            lambda v: v is None or (is_int(v) and v >= 1),
-            "integers >= 1",
-        )
+        check(self, integers(1).or_null(), output_size=output_size)
         self.localization = localization
         self.head = identity_head(localization.out_features, self.identity())
         self.align_corners = align_corners
@@ -95,10 +89,10 @@ class _NormalisedGridTransformer(SpatialTransformer):
     """Grids built in `grid_sample`'s align_corners=False coordinates (stn/geometry.py)."""
 
     def __init__(self, localization: nn.Module, align_corners: bool = False, **kwargs) -> None:
-        check_argument(
-            type(self), "align_corners", align_corners, lambda v: not v, "false",
-            "its grids are built in align_corners=false coordinates",
-        )  # fmt: skip
+        only_false = Allowed(
+            lambda v: not v, "false", "its grids are built in align_corners=false coordinates"
+        )
+        check(self, only_false, align_corners=align_corners)
         super().__init__(localization, align_corners=False, **kwargs)
 
 
@@ -111,9 +105,7 @@ class ProjectiveTransformer(_NormalisedGridTransformer):
     """
 
     def __init__(self, localization: nn.Module, perspective_scale: float = 0.1, **kwargs) -> None:
-        self.perspective_scale = check_argument(
-            type(self), "perspective_scale", perspective_scale, lambda v: is_number(v) and v > 0, "> 0"
-        )
+        self.perspective_scale = check(self, numbers(above=0), perspective_scale=perspective_scale)
         super().__init__(localization, **kwargs)
 
     def identity(self) -> torch.Tensor:
@@ -140,9 +132,7 @@ class ThinPlateSplineTransformer(_NormalisedGridTransformer):
 
     def __init__(self, localization: nn.Module, points_per_side: int = 4, **kwargs) -> None:
         # identity() needs it while the base class builds
-        self.points_per_side = check_argument(
-            type(self), "points_per_side", points_per_side, lambda v: is_int(v) and v >= 2, "integers >= 2"
-        )
+        self.points_per_side = check(self, integers(2), points_per_side=points_per_side)
         super().__init__(localization, **kwargs)
         control = control_grid(points_per_side)  # (K, 2)
         self.register_buffer("control", control, persistent=False)
@@ -169,9 +159,7 @@ class _InverseCompositional:
     transformer's, and at initialisation every update is the identity, so the whole is too."""
 
     def __init__(self, localization: nn.Module, recurrences: int = 4, **kwargs) -> None:
-        self.recurrences = check_argument(
-            type(self), "recurrences", recurrences, lambda v: is_int(v) and v >= 1, "integers >= 1"
-        )
+        self.recurrences = check(self, integers(1), recurrences=recurrences)
         super().__init__(localization, **kwargs)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from stn.errors import ConfigError, accepts, is_int, is_number
+from stn.errors import Allowed, ConfigError, check_value, integers, is_int, numbers, one_of
 
 
 def _select(cfg: DictConfig, key: str) -> Any:
@@ -26,14 +26,14 @@ PRECISIONS = (
 )  # fmt: skip
 
 
-def _require(cfg: DictConfig, key: str, ok, allowed: str, required: bool = False) -> None:
-    """ConfigError naming `key` unless its value is `ok`; an absent or null value passes unless `required`."""
+def _require(cfg: DictConfig, key: str, allowed: Allowed, required: bool = False) -> None:
+    """ConfigError naming `key` unless `allowed` accepts its value; an absent or null value passes
+    unless `required`."""
     value = _select(cfg, key)
     parent = key.rpartition(".")[0]
     if value is None and not (required and _select(cfg, parent) is not None):
         return  # unset, or its whole section is (model.optimizer for a config without one)
-    if not accepts(ok, value):
-        raise ConfigError(f"{key}={value} is out of range: allowed {allowed}")
+    check_value(key, value, allowed)
 
 
 def check_image_sizes(cfg: DictConfig) -> None:
@@ -46,7 +46,7 @@ def check_image_sizes(cfg: DictConfig) -> None:
     if _select(cfg, "model.localization") is None or output_size is None:
         seen, source = canvas, f"the data's {canvas}x{canvas} canvas (no transformer)"
     else:
-        _require(cfg, "model.transformer.output_size", lambda v: is_int(v) and v >= 1, "integers >= 1")
+        _require(cfg, "model.transformer.output_size", integers(1))
         seen, source = output_size, f"model.transformer.output_size={output_size}"
     if classifier_size != seen:
         raise ConfigError(
@@ -115,10 +115,11 @@ def check_graphed_step(cfg: DictConfig) -> None:
         raise ConfigError(
             "trainer.gradient_clip_val must be null with model.cuda_graph=true (no clipping inside the graph)"
         )
-    _require(cfg, "trainer.accumulate_grad_batches", lambda v: v == 1, "1 with model.cuda_graph=true")
     _require(
-        cfg, "trainer.precision", lambda v: str(v) in ("32", "32-true"), "32-true with model.cuda_graph=true"
+        cfg, "trainer.accumulate_grad_batches", Allowed(lambda v: v == 1, "1 with model.cuda_graph=true")
     )
+    full = Allowed(lambda v: str(v) in ("32", "32-true"), "32-true with model.cuda_graph=true")
+    _require(cfg, "trainer.precision", full)
     if "ddp" in str(_select(cfg, "trainer.strategy") or ""):
         raise ConfigError(
             f"trainer.strategy={_select(cfg, 'trainer.strategy')} with model.cuda_graph=true: the graph "
@@ -129,15 +130,17 @@ def check_graphed_step(cfg: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value the run cannot use."""
     check_image_sizes(cfg)
-    _require(cfg, "model.optimizer.lr", lambda v: is_number(v) and v > 0, "> 0", required=True)
-    _require(cfg, "model.optimizer.weight_decay", lambda v: is_number(v) and v >= 0, ">= 0")
-    _require(cfg, "model.optimizer.momentum", lambda v: is_number(v) and 0 <= v < 1, "[0, 1)")
-    _require(cfg, "num_threads", lambda v: is_int(v) and v >= 1, "integers >= 1 or null")
-    _require(cfg, "seed", lambda v: is_int(v) and 0 <= v < 2**32, f"integers 0..{2**32 - 1} or null")
-    _require(cfg, "trainer.max_epochs", lambda v: is_int(v) and v >= 1, "integers >= 1")
-    _require(cfg, "trainer.precision", lambda v: str(v) in PRECISIONS, " | ".join(PRECISIONS))
+    _require(cfg, "model.optimizer.lr", numbers(above=0), required=True)
+    _require(cfg, "model.optimizer.weight_decay", numbers(0))
+    _require(cfg, "model.optimizer.momentum", Allowed(lambda v: numbers(0, 1).test(v) and v < 1, "[0, 1)"))
+    _require(cfg, "num_threads", integers(1).or_null())
+    _require(cfg, "seed", integers(0, 2**32 - 1).or_null())
+    _require(cfg, "trainer.max_epochs", integers(1))
+    _require(cfg, "trainer.precision", one_of(*PRECISIONS))
     if _select(cfg, "data.fast_path"):
-        _require(cfg, "data.num_workers", lambda v: v == 0, "0 with data.fast_path=true (no DataLoader)")
+        _require(
+            cfg, "data.num_workers", Allowed(lambda v: v == 0, "0 with data.fast_path=true (no DataLoader)")
+        )
     check_accelerator(cfg)
     check_precision(cfg)
     check_graphed_step(cfg)
