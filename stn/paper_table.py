@@ -53,6 +53,9 @@ MODELS = {
     "stn_tps": "ST-CNN TPS",
     "ic_stn": "IC-STN Aff",
     "ic_stn_proj": "IC-STN Proj",
+    "paper_cnn": "CNN (paper's shape)",
+    "paper_stn": "ST-CNN Aff (paper's shape)",
+    "paper_ic_stn": "IC-STN Aff (paper's shape)",
 }
 # test error %, Jaderberg et al. 2015: table 1 (R, RTS, P, E; FCN, ST-FCN Aff, CNN, ST-CNN Aff,
 # Proj, TPS) and the 60x60 cluttered MNIST (TC) results in its text (sec. 4.1: "an FCN gets 13.2%
@@ -65,6 +68,10 @@ PAPER = {
     "stn_proj": {"R": 0.8, "RTS": 0.6, "P": 0.8, "E": 1.3},
     "stn_tps": {"R": 0.7, "RTS": 0.5, "P": 0.8, "E": 1.1},
 }
+PAPER["paper_cnn"], PAPER["paper_stn"] = (
+    PAPER["cnn"],
+    PAPER["stn"],
+)  # the same models, as the paper built them
 
 
 @dataclass
@@ -237,7 +244,7 @@ def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
         for run in sorted(runs, key=lambda r: (r.seed is None, r.seed)):
             if run.variant == variant and run.model not in chosen and Path(run.checkpoint).is_file():
                 chosen[run.model] = run
-        transformers = [m for m in MODELS if m in chosen and m not in ("cnn", "fcn")]
+        transformers = [m for m in MODELS if m in chosen and m not in ("cnn", "fcn", "paper_cnn")]
         if not transformers:
             continue
         cfg = chosen[transformers[0]].config

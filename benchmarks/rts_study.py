@@ -1,0 +1,186 @@
+"""The RTS column at the paper's length: the paper's CNN, ST-CNN Aff and IC-STN Aff against epochs.
+
+    python -m benchmarks.rts_study run --epochs 16 --models paper_cnn paper_stn --seeds 0 1 2 --jobs 2
+    python -m benchmarks.rts_study run --epochs 4 --models paper_cnn --seeds 0 --recipe data.batch_size=64
+    python -m benchmarks.rts_study report --out docs/paper
+
+Every point is one `experiment=paper` run of its own length (a one-cycle schedule over the whole
+run), one thread each, `--jobs` at a time. Each finished point is appended to the checked-in
+`docs/paper/rts_study.csv` (seed, test error, fit time, the command), so the study runs in parts on
+different machines and days: a point already in the CSV is not run again, and a run folder left by
+an interrupted part is resumed from its last checkpoint. `report` needs only the CSV: it writes
+`rts_study.md` (mean test error % ± 95% interval over seeds, fit times) and `rts_study.png` (error
+against length, the paper's errors as dashed lines).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import subprocess
+import sys
+import threading
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from benchmarks.machine import describe_machine
+from benchmarks.paper_length import plot, row_name
+from stn.paper_table import PAPER, cell, confidence_interval
+from stn.utils.runs import RunFolder, csv_text, write_atomically
+
+ROOT = Path(__file__).resolve().parents[1]
+CSV = ROOT / "docs" / "paper" / "rts_study.csv"
+HEADER = [
+    "variant",
+    "model",
+    "recipe",
+    "seed",
+    "epochs",
+    "test_error_percent",
+    "fit_seconds",
+    "threads",
+    "command",
+]
+DATA = {"RTS": "mnist_rts", "P": "mnist_proj"}
+Point = tuple[str, str, str, int, int]  # variant, model, recipe, seed, epochs
+
+
+def read_rows(path: Path = CSV) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+def key(row: dict[str, str]) -> Point:
+    return row["variant"], row["model"], row.get("recipe", ""), int(row["seed"]), int(row["epochs"])
+
+
+def command_of(point: Point, folder: Path) -> list[str]:
+    variant, model, recipe, seed, epochs = point
+    data = DATA[variant]
+    return [
+        "python", "-m", "stn.train", "experiment=paper", f"data={data}", f"model={model}",
+        f"paper_epochs.{data}={epochs}", f"seed={seed}", "num_threads=1", *recipe.split(),
+        "callbacks.progress_bar.refresh_rate=0", "print_config=false", f"hydra.run.dir={folder}",
+    ]  # fmt: skip
+
+
+def folder_of(point: Point, runs: Path) -> Path:
+    variant, model, recipe, seed, epochs = point
+    recipe_name = "".join(c if c.isalnum() or c in "._-" else "_" for c in recipe.replace("=", "-"))
+    return runs / "_".join(filter(None, [variant, model, recipe_name, f"e{epochs}", f"s{seed}"]))
+
+
+def run_point(point: Point, runs: Path, lock: threading.Lock) -> str:
+    """Train one point (or resume its interrupted run) and append its row to the CSV."""
+    folder = folder_of(point, runs)
+    command = command_of(point, folder)
+    if (folder / "checkpoints" / "last.ckpt").is_file() and RunFolder(folder).metrics is None:
+        command.append("ckpt_path=last")
+    if RunFolder(folder).metrics is None:
+        log = runs / f"{folder.name}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as output:
+            result = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, stdout=output, stderr=output)
+        if result.returncode != 0:
+            return f"{folder.name}: failed (exit {result.returncode}), see {log}"
+    metrics = RunFolder(folder).metrics or {}
+    error = 100 * (1 - metrics["test/acc"])
+    shown = [
+        c for c in command if not c.startswith(("hydra.run.dir=", "callbacks.progress_bar", "print_config"))
+    ]
+    row = [*point, f"{error:.2f}", f"{metrics['time/fit_seconds']:.1f}", 1, " ".join(shown)]
+    with lock:  # the CSV is read and rewritten whole, one writer at a time
+        rows = [[r.get(h, "") for h in HEADER] for r in read_rows()]
+        write_atomically(CSV, csv_text([HEADER, *rows, row]))
+    return f"{folder.name}: test error {error:.2f}%, fit {metrics['time/fit_seconds']:.0f} s"
+
+
+def run(args: argparse.Namespace) -> None:
+    done = {key(row) for row in read_rows()}
+    recipe = " ".join(args.recipe)
+    # longest first within a part: the points the targets are read at come first
+    wanted = [
+        (args.variant, model, recipe, seed, epochs)
+        for epochs in sorted(args.epochs, reverse=True)
+        for seed in args.seeds
+        for model in args.models
+    ]
+    todo = [point for point in wanted if point not in done]
+    print(f"{len(wanted) - len(todo)} of {len(wanted)} points already in {CSV.name}; running {len(todo)}")
+    lock = threading.Lock()
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        for line in pool.map(lambda point: run_point(point, args.runs, lock), todo):
+            print(line, flush=True)
+
+
+def report(args: argparse.Namespace) -> None:
+    """rts_study.md and .png from the CSV alone."""
+    cells: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    fits: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for row in sorted(read_rows(), key=lambda row: int(row["seed"])):
+        name = (row["model"], row.get("recipe", ""), row["variant"])
+        cells[name][int(row["epochs"])].append(float(row["test_error_percent"]))
+        fits[name][int(row["epochs"])].append(float(row["fit_seconds"]))
+    lines = [
+        "Written by `python -m benchmarks.rts_study report --out docs/paper` from `rts_study.csv`.",
+        "",
+        "Test error %: mean ± the half-width of its 95% interval over seeds (n), each seed's error, "
+        "and the mean fit time of one run (one thread).",
+        "",
+        "| model | recipe | variant | paper | epochs | n | error % | seeds | fit (one thread) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    core_seconds = 0.0
+    for (model, recipe, variant), per_length in sorted(
+        cells.items(), key=lambda item: (item[0][2], item[0][:2])
+    ):
+        paper = PAPER.get(model, {}).get(variant)
+        for epochs in sorted(per_length):
+            errors = per_length[epochs]
+            seconds = fits[model, recipe, variant][epochs]
+            core_seconds += sum(seconds)
+            each = " / ".join(f"{error:.2f}" for error in errors)
+            lines.append(
+                f"| {row_name(model, '')} | {recipe or '—'} | {variant} | {paper or '—'} | {epochs} | "
+                f"{len(errors)} | {cell(errors, paper)} | {each} | {statistics.mean(seconds) / 60:.1f} min |"
+            )
+    lines += ["", f"All {sum(len(e) for c in cells.values() for e in c.values())} runs: "
+              f"{core_seconds / 3600:.1f} core-hours of fitting (x86_64 CPU, one thread a run)."]  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_atomically(args.out / "rts_study.md", "\n".join(lines) + "\n")
+    variants = sorted({variant for *_, variant in cells})
+    plot({(m, r, v): c for (m, r, v), c in cells.items()}, variants, args.out / "rts_study.png")
+    print("\n".join(lines))
+    print(f"wrote {args.out / 'rts_study.md'} and .png")
+    for name, per_length in cells.items():  # the interval of the longest point, for the note
+        epochs = max(per_length)
+        mean, half = confidence_interval(per_length[epochs])
+        print(f"{row_name(name[0], name[1])} {name[2]} at {epochs} epochs: {mean:.2f} ± {half:.2f}%")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    runner = commands.add_parser("run", help="train the points not yet in the CSV")
+    runner.add_argument("--variant", default="RTS", choices=list(DATA))
+    runner.add_argument("--models", nargs="+", default=["paper_cnn", "paper_stn", "paper_ic_stn"])
+    runner.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    runner.add_argument("--epochs", nargs="+", type=int, default=[8, 16])
+    runner.add_argument("--recipe", nargs="*", default=[], help="overrides that change experiment=paper")
+    runner.add_argument("--jobs", type=int, default=1, help="points at a time, one thread each")
+    runner.add_argument("--runs", type=Path, default=ROOT / "outputs" / "rts_study", help="run folders")
+    reporter = commands.add_parser("report", help="the table and figure from the CSV")
+    reporter.add_argument("--out", type=Path, default=CSV.parent)
+    args = parser.parse_args()
+    print(describe_machine(), flush=True)
+    run(args) if args.command == "run" else report(args)
+
+
+if __name__ == "__main__":
+    main()
