@@ -74,7 +74,7 @@ def folder_of(point: Point, runs: Path) -> Path:
     return runs / "_".join(filter(None, [variant, model, recipe_name, f"e{epochs}", f"s{seed}"]))
 
 
-def run_point(point: Point, runs: Path, lock: threading.Lock) -> str:
+def run_point(point: Point, runs: Path, table: Path, lock: threading.Lock) -> str:
     """Train one point (or resume its interrupted run) and append its row to the CSV."""
     folder = folder_of(point, runs)
     command = command_of(point, folder)
@@ -94,13 +94,13 @@ def run_point(point: Point, runs: Path, lock: threading.Lock) -> str:
     ]
     row = [*point, f"{error:.2f}", f"{metrics['time/fit_seconds']:.1f}", 1, " ".join(shown)]
     with lock:  # the CSV is read and rewritten whole, one writer at a time
-        rows = [[r.get(h, "") for h in HEADER] for r in read_rows()]
-        write_atomically(CSV, csv_text([HEADER, *rows, row]))
+        rows = [[r.get(h, "") for h in HEADER] for r in read_rows(table)]
+        write_atomically(table, csv_text([HEADER, *rows, row]))
     return f"{folder.name}: test error {error:.2f}%, fit {metrics['time/fit_seconds']:.0f} s"
 
 
 def run(args: argparse.Namespace) -> None:
-    done = {key(row) for row in read_rows()}
+    done = {key(row) for row in read_rows(args.csv)}
     recipe = " ".join(args.recipe)
     # longest first within a part: the points the targets are read at come first
     wanted = [
@@ -110,10 +110,10 @@ def run(args: argparse.Namespace) -> None:
         for model in args.models
     ]
     todo = [point for point in wanted if point not in done]
-    print(f"{len(wanted) - len(todo)} of {len(wanted)} points already in {CSV.name}; running {len(todo)}")
+    print(f"{len(wanted) - len(todo)} of {len(wanted)} points already in {args.csv}; running {len(todo)}")
     lock = threading.Lock()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for line in pool.map(lambda point: run_point(point, args.runs, lock), todo):
+        for line in pool.map(lambda point: run_point(point, args.runs, args.csv, lock), todo):
             print(line, flush=True)
 
 
@@ -121,18 +121,18 @@ def report(args: argparse.Namespace) -> None:
     """rts_study.md and .png from the CSV alone."""
     cells: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     fits: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for row in sorted(read_rows(), key=lambda row: int(row["seed"])):
+    for row in sorted(read_rows(args.csv), key=lambda row: int(row["seed"])):
         name = (row["model"], row.get("recipe", ""), row["variant"])
         cells[name][int(row["epochs"])].append(float(row["test_error_percent"]))
         fits[name][int(row["epochs"])].append(float(row["fit_seconds"]))
     lines = [
-        "Written by `python -m benchmarks.rts_study report --out docs/paper` from `rts_study.csv`.",
+        f"Written by `python -m benchmarks.rts_study report --out docs/paper` from `{args.csv.name}`.",
         "",
-        "Test error %: mean ± the half-width of its 95% interval over seeds (n), each seed's error, "
+        "Test error %: mean ± the half-width of its 95% interval over seeds (n seeds), each seed's error, "
         "and the mean fit time of one run (one thread).",
         "",
-        "| model | recipe | variant | paper | epochs | n | error % | seeds | fit (one thread) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| model | recipe | variant | paper | epochs | error % (n) | seeds | fit (one thread) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     core_seconds = 0.0
     for (model, recipe, variant), per_length in sorted(
@@ -146,7 +146,7 @@ def report(args: argparse.Namespace) -> None:
             each = " / ".join(f"{error:.2f}" for error in errors)
             lines.append(
                 f"| {row_name(model, '')} | {recipe or '—'} | {variant} | {paper or '—'} | {epochs} | "
-                f"{len(errors)} | {cell(errors, paper)} | {each} | {statistics.mean(seconds) / 60:.1f} min |"
+                f"{cell(errors, paper)} | {each} | {statistics.mean(seconds) / 60:.1f} min |"
             )
     lines += ["", f"All {sum(len(e) for c in cells.values() for e in c.values())} runs: "
               f"{core_seconds / 3600:.1f} core-hours of fitting (x86_64 CPU, one thread a run)."]  # fmt: skip
@@ -162,7 +162,7 @@ def report(args: argparse.Namespace) -> None:
         print(f"{row_name(name[0], name[1])} {name[2]} at {epochs} epochs: {mean:.2f} ± {half:.2f}%")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -177,7 +177,9 @@ def main() -> None:
     runner.add_argument("--runs", type=Path, default=ROOT / "outputs" / "rts_study", help="run folders")
     reporter = commands.add_parser("report", help="the table and figure from the CSV")
     reporter.add_argument("--out", type=Path, default=CSV.parent)
-    args = parser.parse_args()
+    for command in (runner, reporter):
+        command.add_argument("--csv", type=Path, default=CSV, help="the study's finished points")
+    args = parser.parse_args(argv)
     print(describe_machine(), flush=True)
     run(args) if args.command == "run" else report(args)
 

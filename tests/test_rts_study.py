@@ -1,0 +1,48 @@
+"""The RTS study's record: points in its CSV are never trained again, and the report needs the CSV
+alone (no run folder), so the study runs in parts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from benchmarks import rts_study
+
+ROWS = [  # variant, model, recipe, seed, epochs, error %, fit s
+    ("RTS", "paper_cnn", "", 0, 8, 4.48, 240.0),
+    ("RTS", "paper_cnn", "", 1, 8, 4.51, 246.0),
+    ("RTS", "paper_stn", "", 0, 8, 1.20, 405.0),
+    ("RTS", "paper_stn", "", 1, 8, 1.29, 411.0),
+    ("RTS", "paper_stn", "", 0, 16, 0.90, 800.0),
+]
+
+
+def write_study(path: Path) -> Path:
+    lines = [",".join(rts_study.HEADER)]
+    lines += [",".join(map(str, row)) + ",1,python -m stn.train ..." for row in ROWS]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_points_already_recorded_are_not_trained_again(tmp_path: Path, capsys):
+    table = write_study(tmp_path / "study.csv")
+    rts_study.main(["run", "--csv", str(table), "--runs", str(tmp_path / "runs"), "--epochs", "8",
+                    "--models", "paper_cnn", "paper_stn", "--seeds", "0", "1"])  # fmt: skip
+    assert "4 of 4 points already in" in capsys.readouterr().out
+    assert not (tmp_path / "runs").exists()  # nothing was trained
+
+
+def test_the_report_is_written_from_the_csv_alone(tmp_path: Path):
+    table = write_study(tmp_path / "study.csv")
+    rts_study.main(["report", "--csv", str(table), "--out", str(tmp_path / "out")])
+    lines = (tmp_path / "out" / "rts_study.md").read_text().splitlines()
+    cnn_8 = next(line for line in lines if line.startswith("| CNN (paper's shape) |") and "| 8 |" in line)
+    # mean 4.495, a 2-seed 95% interval (t = 12.71), each seed, the mean fit time
+    assert "| RTS | 0.8 | 8 | 4.50 ± 0.19 (n=2) | 4.48 / 4.51 | 4.0 min |" in cnn_8
+    stn_16 = next(
+        line for line in lines if line.startswith("| ST-CNN Aff (paper's shape) |") and "| 16 |" in line
+    )
+    assert "| 0.5 | 16 | 0.90 (n=1) | 0.90 | 13.3 min |" in stn_16
+    assert "5 runs: 0.6 core-hours" in lines[-1]
+    assert Image.open(tmp_path / "out" / "rts_study.png").size[0] > 300
