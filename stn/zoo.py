@@ -7,7 +7,7 @@
 (the model and data config it was trained with) and the manifest entry: the command that trained
 it, both files' sha256 and size, the parameter count, the run's own test accuracy, and the test
 accuracy of the zoo copy itself, measured here on the full test set of its data (what
-tests/test_zoo.py checks it still scores). Models are loaded with `stn.loading.zoo_model`.
+tests/test_predict.py checks it still scores). Models are loaded with `stn.loading.zoo_model`.
 """
 
 from __future__ import annotations
@@ -82,6 +82,8 @@ def add(name: str, run_dir: Path, data_dir: Path, zoo_dir: Path = ZOO_DIR, overw
         raise UserError(f"{run_dir / 'metrics.json'} has no test/acc")
     checkpoint = best_checkpoint(run_dir)
     trained = checkpoint_model(checkpoint)
+    threads = OmegaConf.select(run.config(), "num_threads") or torch.get_num_threads()  # the run's own
+    finished = date.fromtimestamp((run_dir / "metrics.json").stat().st_mtime).isoformat()
     zoo_dir.mkdir(parents=True, exist_ok=True)
     weights, config = zoo_dir / f"{name}.safetensors", zoo_dir / f"{name}.yaml"
     partial_weights, partial_config = (path.with_name(f".{path.name}.partial") for path in (weights, config))
@@ -101,8 +103,8 @@ def add(name: str, run_dir: Path, data_dir: Path, zoo_dir: Path = ZOO_DIR, overw
             "canvas": trained.canvas,
             "command": "python -m stn.train " + " ".join(run.overrides),
             "run_test_acc": round(float(run_metrics["test/acc"]), 6),
-            "trained_on": f"{platform.machine()}, {torch.get_num_threads()} CPU threads, "
-            f"torch {torch.__version__}, {date.today().isoformat()}",
+            "trained_on": f"{platform.machine()}, {threads} CPU thread{'s' if threads != 1 else ''}, "
+            f"torch {torch.__version__}, {finished}",
             "test_acc": round(test_acc, 6),  # of the zoo copy, as loaded
         }
         os.replace(partial_weights, weights)
