@@ -273,8 +273,13 @@ def test_a_run_is_named_by_its_choices_and_overrides():
     assert run_label("mnist", "stn", "model.optimizer.lr=0.003,trainer.max_epochs=5") == (
         "_mnist_stn_model.optimizer.lr=0.003_trainer.max_epochs=5"
     )
-    overrides = "data=mnist_rts,model/optimizer=adam,hydra.run.dir=x,paths.log_dir=y,ckpt_path=last"
-    assert run_label("mnist_rts", "cnn", overrides) == "_mnist_rts_cnn_model-optimizer=adam"
+    overrides = (
+        "data=mnist_rts,model/optimizer=adam,hydra.run.dir=x,paths.log_dir=y,ckpt_path=last,"
+        "callbacks.progress_bar.refresh_rate=0,print_config=false,data.batch_size=64"
+    )
+    assert (
+        run_label("mnist_rts", "cnn", overrides) == "_mnist_rts_cnn_model-optimizer=adam_data.batch_size=64"
+    )
     assert run_label("", "", "model_name=stn_mnist") == "_model_name=stn_mnist"
     assert len(run_label("mnist", "stn", "x=" + "9" * 500)) <= 97
 

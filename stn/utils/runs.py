@@ -51,24 +51,21 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-# overrides a run's name leaves out: where it runs and what its data / model choice already says
-UNNAMED = (
-    "hydra",
-    "paths",
-    "ckpt_path",
-    "data",
-    "model",
-    "callbacks.progress_bar",
-    "data.data_dir",
-    "print_config",
-)
+# overrides a run's name leaves out: where it runs, how it reports progress, and the data / model
+# choice its name already says; whole sections by prefix, single keys exactly (`data.batch_size` is named)
+UNNAMED_SECTIONS = ("hydra", "paths", "callbacks.progress_bar")
+UNNAMED_KEYS = ("ckpt_path", "data", "model", "data.data_dir", "print_config")
+
+
+def _named(override: str) -> bool:
+    key = split_override(override)[0]
+    return key not in UNNAMED_KEYS and not any(key == s or key.startswith(f"{s}.") for s in UNNAMED_SECTIONS)
 
 
 def run_label(data: str, model: str, overrides: str, longest: int = 96) -> str:
     """The part of a run folder's name after its time: `_<data>_<model>_<overrides>`, a name a
     file system and TensorBoard's run list take (no `/`), cut at `longest` characters."""
-    kept = [o for o in overrides.split(",") if o and split_override(o)[0] not in UNNAMED]
-    kept = [o for o in kept if not split_override(o)[0].startswith(("hydra.", "paths."))]
+    kept = [o for o in overrides.split(",") if o and _named(o)]
     parts = [part for part in (data, model, *kept) if part]
     label = "_".join(parts).replace("/", "-").replace(" ", "")
     return f"_{label[:longest]}" if label else ""
