@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.machine import describe_machine
-from benchmarks.paper_length import plot, row_name
+from benchmarks.paper_length import row_name
 from stn.paper_table import PAPER, cell, confidence_interval
 from stn.utils.runs import RunFolder, csv_text, write_atomically
 
@@ -44,7 +44,10 @@ HEADER = [
     "command",
 ]
 DATA = {"RTS": "mnist_rts", "P": "mnist_proj"}
-Point = tuple[str, str, str, int, int]  # variant, model, recipe, seed, epochs
+Point = tuple[str, str, str, int, int]
+RECIPE = (
+    "data.batch_size=64"  # the recipe search's choice (docs/paper.md)  # variant, model, recipe, seed, epochs
+)
 
 
 def read_rows(path: Path = CSV) -> list[dict[str, str]]:
@@ -152,14 +155,72 @@ def report(args: argparse.Namespace) -> None:
               f"{core_seconds / 3600:.1f} core-hours of fitting (x86_64 CPU, one thread a run)."]  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomically(args.out / "rts_study.md", "\n".join(lines) + "\n")
-    variants = sorted({variant for *_, variant in cells})
-    plot({(m, r, v): c for (m, r, v), c in cells.items()}, variants, args.out / "rts_study.png")
+    for variant in sorted({variant for *_, variant in cells}):
+        suffix = "" if variant == "RTS" else f"_{variant}"
+        plot(cells, fits, variant, args.recipe, args.out / f"rts_study{suffix}.png")
     print("\n".join(lines))
     print(f"wrote {args.out / 'rts_study.md'} and .png")
     for name, per_length in cells.items():  # the interval of the longest point, for the note
         epochs = max(per_length)
         mean, half = confidence_interval(per_length[epochs])
         print(f"{row_name(name[0], name[1])} {name[2]} at {epochs} epochs: {mean:.2f} ± {half:.2f}%")
+
+
+def plot(cells: dict, fits: dict, variant: str, recipe: str, path: Path) -> None:
+    """Error against length for `recipe`'s runs (solid: mean and 95% interval, dots: seeds, each
+    point labelled with its mean fit time), experiment=paper's own recipe dotted, the paper's
+    errors dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(10, 5.2))
+    models = sorted({model for model, _, v in cells if v == variant})
+    for index, model in enumerate(models):
+        color = f"C{index}"
+        for shown, style in ((recipe, "-"), ("", ":")):
+            per_length = cells.get((model, shown, variant))
+            if not per_length or (shown == recipe and style == ":"):
+                continue
+            lengths = sorted(per_length)
+            means, halves = zip(*(confidence_interval(per_length[e]) for e in lengths), strict=True)
+            lower = [min(h, m - min(per_length[e])) for m, h, e in zip(means, halves, lengths, strict=True)]
+            label = f"{row_name(model, '')}, {shown or 'experiment=paper as is'}"
+            axis.errorbar(lengths, means, yerr=[lower, halves], fmt=style, marker="o", capsize=3,
+                          color=color, alpha=1.0 if style == "-" else 0.5, label=label)  # fmt: skip
+            seeds = [(e, error) for e in lengths for error in per_length[e]]
+            axis.scatter(*zip(*seeds, strict=True), s=10, color=color, alpha=0.4)
+            if style == "-":
+                for epochs, mean in zip(lengths, means, strict=True):
+                    minutes = statistics.mean(fits[model, shown, variant][epochs]) / 60
+                    axis.annotate(f"{minutes:.0f} min", (epochs, mean), textcoords="offset points",
+                                  xytext=(6, 4), fontsize=7, color=color)  # fmt: skip
+        paper = PAPER.get(model, {}).get(variant)
+        if paper is not None:
+            axis.axhline(
+                paper,
+                color=color,
+                linestyle="--",
+                linewidth=1,
+                label=f"paper {row_name(model, '')}: {paper}%",
+            )
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
+    lengths = sorted({e for (_, _, v), per_length in cells.items() if v == variant for e in per_length})
+    axis.set_xticks(lengths)
+    axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axis.set_yticks([0.5, 1, 2, 5, 10])
+    axis.get_yaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axis.get_yaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.set_title(f"{variant}: test error against training length (labels: fit time of one run, one thread)")
+    axis.set_xlabel("epochs (one-cycle over the run)")
+    axis.set_ylabel("test error %: mean, 95% CI, seeds")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -177,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
     runner.add_argument("--runs", type=Path, default=ROOT / "outputs" / "rts_study", help="run folders")
     reporter = commands.add_parser("report", help="the table and figure from the CSV")
     reporter.add_argument("--out", type=Path, default=CSV.parent)
+    reporter.add_argument("--recipe", default=RECIPE, help="the recipe the figure draws solid")
     for command in (runner, reporter):
         command.add_argument("--csv", type=Path, default=CSV, help="the study's finished points")
     args = parser.parse_args(argv)
