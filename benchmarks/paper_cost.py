@@ -2,11 +2,13 @@
 the paper's (model=paper_cnn, paper_stn, paper_ic_stn), so a study's length can be planned.
 
     python -m benchmarks.paper_cost --steps 10 --repeats 3
+    python -m benchmarks.paper_cost --batch 64 --device cuda     # the RTS study's recipe on a GPU
 
 Each model trains `steps` optimizer steps (forward, backward, SGD) on batches of 256 random 42x42
 inputs, the models taking turns for `repeats` rounds (a noisy machine slows them alike); prints the
-median time per step, the ratio to model=cnn and the estimated time of one RTS epoch (215 steps of
-256 images). Random inputs: the cost of a step does not depend on what the pixels are.
+median time per step, the ratio to model=cnn and the estimated time of one RTS epoch (55,000
+training images in batches of `--batch`). Random inputs: the cost of a step does not depend on
+what the pixels are.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from stn.paths import CONF_DIR
 from stn.train import parameter_counts
 
 MODELS = ("cnn", "stn", "ic_stn", "paper_cnn", "paper_stn", "paper_ic_stn")
-STEPS_PER_EPOCH = 215  # 55,000 training images in batches of 256
+TRAIN_IMAGES = 55_000
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,13 +35,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    images, labels = torch.randn(args.batch, 1, 42, 42), torch.randint(0, 10, (args.batch,))
+    device = torch.device(args.device)
+    images = torch.randn(args.batch, 1, 42, 42, device=device)
+    labels = torch.randint(0, 10, (args.batch,), device=device)
     built = {}
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         for name in MODELS:
-            module = instantiate(compose("train.yaml", overrides=["data=mnist_rts", f"model={name}"]).model)
+            model_cfg = compose("train.yaml", overrides=["data=mnist_rts", f"model={name}"]).model
+            module = instantiate(model_cfg).to(device)
             built[name] = (module, torch.optim.SGD(module.parameters(), lr=0.01))
     times: dict[str, list[float]] = {name: [] for name in MODELS}
     for _ in range(args.repeats):
@@ -49,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
                 optimizer.zero_grad()
                 torch.nn.functional.cross_entropy(module(images), labels).backward()
                 optimizer.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize()  # the steps are queued: wait for them before reading the clock
             times[name].append((time.perf_counter() - start) / args.steps)
     reference = statistics.median(times["cnn"])
     print(f"| model | parameters | ms / step (batch {args.batch}) | x model=cnn | one RTS epoch |")
@@ -57,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
         step = statistics.median(times[name])
         print(
             f"| `{name}` | {parameter_counts(built[name][0].net)} | {1000 * step:.0f} | "
-            f"{step / reference:.2f} | {STEPS_PER_EPOCH * step / 60:.1f} min |"
+            f"{step / reference:.2f} | {TRAIN_IMAGES / args.batch * step / 60:.1f} min |"
         )
 
 
