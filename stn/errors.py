@@ -79,12 +79,12 @@ def integers(low: int, high: int | None = None) -> Allowed:
     return Allowed(lambda v: is_int(v) and low <= v and (high is None or v <= high), words)
 
 
-def numbers(low: float | None = None, high: float | None = None, *, above: float | None = None) -> Allowed:
+def numbers(low: float = -math.inf, high: float = math.inf, *, above: float | None = None) -> Allowed:
     """Finite numbers in [low, high], or above `above` (exclusive)."""
     if above is not None:
         return Allowed(lambda v: is_number(v) and v > above, f"> {above:g}")
-    words = f">= {low:g}" if high is None else f"[{low:g}, {high:g}]"
-    return Allowed(lambda v: is_number(v) and low <= v and (high is None or v <= high), words)
+    words = f">= {low:g}" if high == math.inf else f"[{low:g}, {high:g}]"
+    return Allowed(lambda v: is_number(v) and low <= v <= high, words)
 
 
 def one_of(*choices: Any) -> Allowed:
