@@ -166,21 +166,29 @@ def plot(cells: dict[Row, dict[int, list[float]]], variants: list[str], path: Pa
             if paper is not None and not recipe:  # once per model
                 name = MODELS.get(model, model)
                 axis.axhline(paper, color=color, linestyle="--", linewidth=1, label=f"paper {name}: {paper}%")
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xticks(sorted({e for m, r in models for e in cells[m, r, variant]}))
-        axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        axis.set_yticks([0.5, 1, 2, 5, 10, 20, 50, 100])
-        axis.get_yaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-        axis.get_yaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
+        lengths = sorted({e for m, r in models for e in cells[m, r, variant]})
+        error_against_length_axes(axis, lengths, [0.5, 1, 2, 5, 10, 20, 50, 100])
         axis.set_title(f"{variant}: test error vs epochs")
-        axis.set_xlabel("epochs (one-cycle over the run)")
-        axis.set_ylabel("test error %: mean, 95% CI, seeds")
-        axis.grid(True, which="both", alpha=0.3)
         axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def error_against_length_axes(axis, lengths: list[int], error_ticks: list[float]) -> None:
+    """Log-log axes of test error % against epochs, ticks at the lengths run, plain numbers."""
+    import matplotlib
+
+    axis.set_xscale("log", base=2)
+    axis.set_yscale("log")
+    axis.set_xticks(lengths)
+    axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+    axis.set_yticks(error_ticks)
+    axis.get_yaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axis.get_yaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.set_xlabel("epochs (one-cycle over the run)")
+    axis.set_ylabel("test error %: mean, 95% CI, seeds")
+    axis.grid(True, which="both", alpha=0.3)
 
 
 def main() -> None:

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.machine import describe_machine
-from benchmarks.paper_length import row_name
+from benchmarks.paper_length import error_against_length_axes, row_name
 from stn.paper_table import PAPER, cell, confidence_interval
 from stn.utils.runs import RunFolder, csv_text, write_atomically
 
@@ -205,18 +205,9 @@ def plot(cells: dict, fits: dict, variant: str, recipe: str, path: Path) -> None
                 linewidth=1,
                 label=f"paper {row_name(model, '')}: {paper}%",
             )
-    axis.set_xscale("log", base=2)
-    axis.set_yscale("log")
     lengths = sorted({e for (_, _, v), per_length in cells.items() if v == variant for e in per_length})
-    axis.set_xticks(lengths)
-    axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
-    axis.set_yticks([0.5, 1, 2, 5, 10])
-    axis.get_yaxis().set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    axis.get_yaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
+    error_against_length_axes(axis, lengths, [0.5, 1, 2, 5, 10])
     axis.set_title(f"{variant}: test error against training length (labels: fit time of one run, one thread)")
-    axis.set_xlabel("epochs (one-cycle over the run)")
-    axis.set_ylabel("test error %: mean, 95% CI, seeds")
-    axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     figure.tight_layout()
     figure.savefig(path, dpi=110)
