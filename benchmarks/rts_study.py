@@ -81,16 +81,17 @@ def run_point(point: Point, runs: Path, table: Path, lock: threading.Lock) -> st
     """Train one point (or resume its interrupted run) and append its row to the CSV."""
     folder = folder_of(point, runs)
     command = command_of(point, folder)
-    if (folder / "checkpoints" / "last.ckpt").is_file() and RunFolder(folder).metrics is None:
-        command.append("ckpt_path=last")
-    if RunFolder(folder).metrics is None:
+    run = RunFolder(folder)
+    if run.metrics is None:
+        if run.last_checkpoint.is_file():  # an interrupted part: go on from its last epoch
+            command.append("ckpt_path=last")
         log = runs / f"{folder.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("a") as output:
             result = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, stdout=output, stderr=output)
         if result.returncode != 0:
             return f"{folder.name}: failed (exit {result.returncode}), see {log}"
-    metrics = RunFolder(folder).metrics or {}
+    metrics = RunFolder(folder).metrics or {}  # written by the run just finished
     error = 100 * (1 - metrics["test/acc"])
     shown = [
         c for c in command if not c.startswith(("hydra.run.dir=", "callbacks.progress_bar", "print_config"))
