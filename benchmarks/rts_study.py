@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import statistics
 import subprocess
 import sys
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from benchmarks.machine import describe_machine
@@ -44,10 +46,8 @@ HEADER = [
     "command",
 ]
 DATA = {"RTS": "mnist_rts", "P": "mnist_proj"}
-Point = tuple[str, str, str, int, int]
-RECIPE = (
-    "data.batch_size=64"  # the recipe search's choice (docs/paper.md)  # variant, model, recipe, seed, epochs
-)
+Point = tuple[str, str, str, int, int]  # variant, model, recipe, seed, epochs
+RECIPE = "data.batch_size=64"  # the recipe search's choice (docs/paper.md)
 
 
 def read_rows(path: Path = CSV) -> list[dict[str, str]]:
@@ -77,7 +77,19 @@ def folder_of(point: Point, runs: Path) -> Path:
     return runs / "_".join(filter(None, [variant, model, recipe_name, f"e{epochs}", f"s{seed}"]))
 
 
-def run_point(point: Point, runs: Path, table: Path, lock: threading.Lock) -> str:
+_THREADS = threading.Lock()
+
+
+@contextmanager
+def csv_writer_lock(runs: Path):
+    """One writer of the CSV at a time, across the threads of a part and parts run side by side."""
+    runs.mkdir(parents=True, exist_ok=True)
+    with _THREADS, (runs / ".csv.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+        yield
+
+
+def run_point(point: Point, runs: Path, table: Path) -> str:
     """Train one point (or resume its interrupted run) and append its row to the CSV."""
     folder = folder_of(point, runs)
     command = command_of(point, folder)
@@ -97,7 +109,7 @@ def run_point(point: Point, runs: Path, table: Path, lock: threading.Lock) -> st
         c for c in command if not c.startswith(("hydra.run.dir=", "callbacks.progress_bar", "print_config"))
     ]
     row = [*point, f"{error:.2f}", f"{metrics['time/fit_seconds']:.1f}", 1, " ".join(shown)]
-    with lock:  # the CSV is read and rewritten whole, one writer at a time
+    with csv_writer_lock(runs):  # the CSV is read and rewritten whole
         rows = [[r.get(h, "") for h in HEADER] for r in read_rows(table)]
         write_atomically(table, csv_text([HEADER, *rows, row]))
     return f"{folder.name}: test error {error:.2f}%, fit {metrics['time/fit_seconds']:.0f} s"
@@ -115,9 +127,8 @@ def run(args: argparse.Namespace) -> None:
     ]
     todo = [point for point in wanted if point not in done]
     print(f"{len(wanted) - len(todo)} of {len(wanted)} points already in {args.csv}; running {len(todo)}")
-    lock = threading.Lock()
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        for line in pool.map(lambda point: run_point(point, args.runs, args.csv, lock), todo):
+        for line in pool.map(lambda point: run_point(point, args.runs, args.csv), todo):
             print(line, flush=True)
 
 
