@@ -149,9 +149,9 @@ class Projective(Distortion):
 
     `corner_std_px` is the standard deviation along each axis. The paper's "5 px" is read as the
     typical length of a corner's move (5/sqrt(2) px along each axis): read as 5 px along each
-    axis (a 7 px move), 3.6% of the digits keep under 30% of their ink, squeezed into slivers no
+    axis (a 7 px move), 3.4% of the digits keep under 30% of their ink, squeezed into slivers no
     one can read, an error floor above the paper's CNN (1.5%) and ST-CNN (0.8%) on P; at
-    5/sqrt(2) px 0.3% do (`tests/test_distortions.py`, docs/paper.md).
+    5/sqrt(2) px 0.35% do (`tests/test_distortions.py`, docs/paper.md).
     """
 
     name = "proj"
