@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from benchmarks import rts_study
@@ -46,3 +47,18 @@ def test_the_report_is_written_from_the_csv_alone(tmp_path: Path):
     assert "| 0.5 | 16 | 0.90 (n=1) | 0.90 | 13.3 min |" in stn_16
     assert "5 runs: 0.6 core-hours" in lines[-1]
     assert Image.open(tmp_path / "out" / "rts_study.png").size[0] > 300
+
+
+def test_p_slivers_scores_the_runs_own_test_set(tmp_path: Path, mnist_dir: Path):
+    """benchmarks.p_slivers redraws a P run's fixed test set exactly (it stops if the redraw
+    differs) and counts the same errors as the run's own test."""
+    from benchmarks.p_slivers import errors_and_ink_left
+
+    from .conftest import TINY, train_in_process
+
+    run_dir = tmp_path / "run"
+    metrics = train_in_process([*TINY, "data=mnist_proj", "data.test_subset=256"], run_dir, mnist_dir)
+    wrong, ink_left = errors_and_ink_left(run_dir, mnist_dir)
+    assert wrong.shape == ink_left.shape == (256,)
+    assert wrong.float().mean().item() == pytest.approx(1 - metrics["test/acc"], abs=1e-6)
+    assert 0 < ink_left.min() and ink_left.median() > 0.5  # most digits keep most of their ink
