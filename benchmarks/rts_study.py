@@ -170,10 +170,8 @@ def report(args: argparse.Namespace) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     write_atomically(args.out / "rts_study.md", "\n".join(lines) + "\n")
     for variant in sorted({variant for *_, variant in cells}):
-        if (
-            len({epochs for (*_, v), per_length in cells.items() if v == variant for epochs in per_length})
-            < 2
-        ):
+        lengths = {epochs for (*_, v), per_length in cells.items() if v == variant for epochs in per_length}
+        if len(lengths) < 2:
             continue  # one length: the table says it all
         suffix = "" if variant == "RTS" else f"_{variant}"
         plot(cells, fits, variant, args.recipe, args.out / f"rts_study{suffix}.png")
