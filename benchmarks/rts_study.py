@@ -1,7 +1,10 @@
-"""The RTS column at the paper's length: the paper's CNN, ST-CNN Aff and IC-STN Aff against epochs.
+"""Table 1 at the paper's length: the paper's CNN, ST-CNN Aff / TPS and IC-STN Aff against epochs, per column
+(R, RTS, P, E, TC).
 
     python -m benchmarks.rts_study run --epochs 16 --models paper_cnn paper_stn --seeds 0 1 2 --jobs 2
     python -m benchmarks.rts_study run --epochs 4 --models paper_cnn --seeds 0 --recipe data.batch_size=64
+    python -m benchmarks.rts_study run --variant R --epochs 16 --models paper_stn --seeds 0 \
+        --recipe data.batch_size=64 trainer.precision=bf16-mixed
     python -m benchmarks.rts_study report --out docs/paper
 
 Every point is one `experiment=paper` run of its own length (a one-cycle schedule over the whole
@@ -44,8 +47,16 @@ HEADER = [
     "fit_seconds",
     "threads",
     "command",
+    "collapsed",  # yes: the transform-health alarm fired in the run's last epoch (the model it tests)
 ]
-DATA = {"RTS": "mnist_rts", "P": "mnist_proj"}
+# Table 1's columns: variant -> data config
+DATA = {
+    "R": "mnist_rot",
+    "RTS": "mnist_rts",
+    "P": "mnist_proj",
+    "E": "mnist_elastic",
+    "TC": "mnist_cluttered",
+}
 Point = tuple[str, str, str, int, int]  # variant, model, recipe, seed, epochs
 RECIPE = "data.batch_size=64"  # the recipe search's choice (docs/paper.md)
 # the IC-STN's localization net takes a tenth of the step: at the full one 2 of 3 seeds collapse
@@ -107,14 +118,23 @@ def run_point(point: Point, runs: Path, table: Path) -> str:
             return f"{folder.name}: failed (exit {result.returncode}), see {log}"
     metrics = RunFolder(folder).metrics or {}  # written by the run just finished
     error = 100 * (1 - metrics["test/acc"])
+    collapsed = "yes" if collapsed_at_the_end(folder, point[4]) else "no"
     shown = [
         c for c in command if not c.startswith(("hydra.run.dir=", "callbacks.progress_bar", "print_config"))
     ]
-    row = [*point, f"{error:.2f}", f"{metrics['time/fit_seconds']:.1f}", 1, " ".join(shown)]
+    row = [*point, f"{error:.2f}", f"{metrics['time/fit_seconds']:.1f}", 1, " ".join(shown), collapsed]
     with csv_writer_lock(runs):  # the CSV is read and rewritten whole
         rows = [[r.get(h, "") for h in HEADER] for r in read_rows(table)]
         write_atomically(table, csv_text([HEADER, *rows, row]))
-    return f"{folder.name}: test error {error:.2f}%, fit {metrics['time/fit_seconds']:.0f} s"
+    return f"{folder.name}: test error {error:.2f}%, fit {metrics['time/fit_seconds']:.0f} s" + (
+        ", its transform collapsed" if collapsed == "yes" else ""
+    )
+
+
+def collapsed_at_the_end(folder: Path, epochs: int) -> bool:
+    """Whether the transform-health alarm fired in the last epoch: the tested model has collapsed."""
+    log = folder / "train.log"
+    return log.is_file() and f"transform collapse in epoch {epochs - 1}:" in log.read_text(errors="replace")
 
 
 def run(args: argparse.Namespace) -> None:
