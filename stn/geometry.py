@@ -13,7 +13,11 @@ import torch.nn.functional as F
 
 
 def pixel_centres(
-    height: int, width: int, device: torch.device | None = None, align_corners: bool = False
+    height: int,
+    width: int,
+    device: torch.device | None = None,
+    align_corners: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """(H * W, 2) normalised (x, y) of every pixel centre, row by row (with `align_corners`, the
     corner pixels' centres at -1 and 1, as `F.grid_sample(align_corners=True)` reads them)."""
@@ -21,11 +25,11 @@ def pixel_centres(
     def centres(count: int) -> torch.Tensor:
         if align_corners:
             return (
-                torch.linspace(-1.0, 1.0, count, device=device)
+                torch.linspace(-1.0, 1.0, count, device=device, dtype=dtype)
                 if count > 1
-                else torch.zeros(1, device=device)
+                else torch.zeros(1, device=device, dtype=dtype)
             )
-        return (torch.arange(count, device=device, dtype=torch.float32) + 0.5) * 2 / count - 1
+        return (torch.arange(count, device=device, dtype=dtype) + 0.5) * 2 / count - 1
 
     y, x = torch.meshgrid(centres(height), centres(width), indexing="ij")
     return torch.stack([x.reshape(-1), y.reshape(-1)], dim=1)
@@ -34,9 +38,43 @@ def pixel_centres(
 def affine_grid(theta: torch.Tensor, height: int, width: int, align_corners: bool = False) -> torch.Tensor:
     """(N, H, W, 2) grid of the (N, 2, 3) affine `theta`: what `F.affine_grid` computes, in plain
     tensor operations, so that a model using it exports to ONNX (which has no affine_grid)."""
-    points = pixel_centres(height, width, theta.device, align_corners)  # (H * W, 2)
+    points = pixel_centres(height, width, theta.device, align_corners, theta.dtype)  # (H * W, 2)
     homogeneous = torch.cat([points, torch.ones_like(points[:, :1])], dim=1)  # (H * W, 3)
     return (homogeneous @ theta.transpose(1, 2)).view(-1, height, width, 2)
+
+
+def map_points(theta: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(N, P, 2) normalised points mapped through the (N, 2, 3) affine theta: an output position
+    to the input position it samples, as the sampling grid maps pixel centres."""
+    return points @ theta[:, :, :2].transpose(1, 2) + theta[:, :, 2].unsqueeze(1)
+
+
+def invert_affine(theta: torch.Tensor) -> torch.Tensor:
+    """(N, 2, 3) inverse of an (N, 2, 3) affine theta: maps input positions back to the output
+    positions that sample them (where a point of the input lands in the transformer's output)."""
+    linear_inverse = torch.linalg.inv(theta[:, :, :2])  # (N, 2, 2)
+    offset = -(linear_inverse @ theta[:, :, 2:])  # (N, 2, 1)
+    return torch.cat([linear_inverse, offset], dim=2)
+
+
+def to_pixels(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Normalised (x, y) (-1 and 1 the image's outer edges, align_corners=False) to pixel
+    coordinates: (0, 0) the top-left corner of the top-left pixel, (W, H) the bottom-right corner."""
+    scale = points.new_tensor([width / 2, height / 2])
+    return (points + 1) * scale
+
+
+def canvas_corners(device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """(4, 2) normalised corners of a canvas: top-left, top-right, bottom-right, bottom-left."""
+    return torch.tensor([[-1.0, -1.0], [1.0, -1.0], [1.0, 1.0], [-1.0, 1.0]], device=device, dtype=dtype)
+
+
+def sampled_region(theta: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(N, 4, 2) the four corners of the region an (N, 2, 3) affine theta samples, in the input
+    canvas's pixels (`to_pixels`), in `canvas_corners`' order: the transformer's output canvas
+    is this quadrilateral of its input."""
+    corners = canvas_corners(theta.device, theta.dtype).expand(theta.shape[0], 4, 2)
+    return to_pixels(map_points(theta, corners), height, width)
 
 
 def sample(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -75,7 +113,7 @@ def homography_from_points(source: torch.Tensor, target: torch.Tensor) -> torch.
 
 def homography_grid(homography: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(N, H, W, 2) grid: each output pixel centre mapped through the (N, 3, 3) homography."""
-    points = pixel_centres(height, width, homography.device)
+    points = pixel_centres(height, width, homography.device, dtype=homography.dtype)
     homogeneous = torch.cat([points, torch.ones_like(points[:, :1])], dim=1)  # (H * W, 3)
     mapped = homogeneous @ homography.transpose(1, 2)  # (N, H * W, 3)
     grid = mapped[..., :2] / mapped[..., 2:].clamp_min(1e-6)
@@ -118,7 +156,7 @@ def tps_coefficients(control: torch.Tensor, target: torch.Tensor) -> torch.Tenso
 
 def tps_grid(control: torch.Tensor, coefficients: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(N, H, W, 2) grid: each output pixel centre mapped through the thin-plate spline."""
-    points = pixel_centres(height, width, coefficients.device)  # (P, 2)
+    points = pixel_centres(height, width, coefficients.device, dtype=coefficients.dtype)  # (P, 2)
     basis = torch.cat(
         [_tps_kernel(points, control), torch.ones_like(points[:, :1]), points], dim=1
     )  # (P, K + 3)

@@ -6,6 +6,7 @@ from stn.models.transformer import (
     ProjectiveTransformer,
     SpatialTransformer,
     ThinPlateSplineTransformer,
+    WarpingTransformer,
 )
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "STNClassifier",
     "SpatialTransformer",
     "ThinPlateSplineTransformer",
+    "WarpingTransformer",
     "max_depth",
 ]

@@ -9,7 +9,7 @@ from torch import nn
 
 from stn.errors import check, integers
 from stn.models.layers import mlp, paper_input_pool
-from stn.models.transformer import SpatialTransformer
+from stn.models.transformer import WarpingTransformer
 
 
 class ConvClassifier(nn.Module):
@@ -118,7 +118,7 @@ class FullyConnectedClassifier(nn.Module):
 class STNClassifier(nn.Module):
     """An optional spatial transformer followed by a classifier; without one it is the CNN baseline."""
 
-    def __init__(self, classifier: nn.Module, transformer: SpatialTransformer | None = None) -> None:
+    def __init__(self, classifier: nn.Module, transformer: WarpingTransformer | None = None) -> None:
         super().__init__()
         self.transformer = transformer
         self.classifier = classifier

@@ -16,11 +16,11 @@ from torchmetrics.classification import MulticlassAccuracy
 from stn.errors import TrainingDiverged, check, numbers, one_of
 from stn.models.classifier import STNClassifier
 from stn.models.speed import Batch, SpeedOptions
-from stn.models.transformer import SpatialTransformer
+from stn.models.transformer import SpatialTransformer, WarpingTransformer
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
-TransformerFactory = Callable[[nn.Module], SpatialTransformer]  # localization -> transformer
+TransformerFactory = Callable[[nn.Module], WarpingTransformer]  # localization -> transformer
 
 
 class STNLitModule(SpeedOptions, L.LightningModule):

@@ -15,12 +15,13 @@ from stn.models.layers import identity_head
 IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
-class SpatialTransformer(nn.Module):
-    """Warps its input with the affine transform regressed from `localization`'s features.
+class WarpingTransformer(nn.Module):
+    """Warps its input with the transform regressed from `localization`'s features.
 
     `head`, the last layer, outputs this transformer's parameters and starts at exactly its identity
     (zero weight, identity bias), so the classifier first sees the untouched input. Subclasses
-    change the parametrisation (`identity`, `to_theta`) and the grid (`sampling_grid`).
+    give the parametrisation (`identity`, `to_theta`) and the grid (`sampling_grid`); those whose
+    warps compose by matrix product (affine, projective) also give `as_matrix` / `from_matrix`.
 
     With `pad_with_background`, the image shows its background outside its borders: `grid_sample`
     pads with 0, but normalised MNIST has its background at -mean/std (about -0.42), so padding with
@@ -49,21 +50,13 @@ class SpatialTransformer(nn.Module):
 
     def identity(self) -> torch.Tensor:
         """The flat parameters of the identity transform: where the localization net starts."""
-        return torch.tensor(IDENTITY_THETA)
+        raise NotImplementedError
 
     def to_theta(self, parameters: torch.Tensor) -> torch.Tensor:
-        return parameters.view(-1, 2, 3)  # (N, 2, 3)
+        raise NotImplementedError
 
     def sampling_grid(self, theta: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
-        return affine_grid(theta, size[2], size[3], self.align_corners)  # (N, H, W, 2)
-
-    def as_matrix(self, theta: torch.Tensor) -> torch.Tensor:
-        """theta as (N, 3, 3) homogeneous matrices, so that warps compose by matrix product."""
-        last_row = torch.tensor([0.0, 0.0, 1.0], device=theta.device).expand(theta.shape[0], 1, 3)
-        return torch.cat([theta, last_row], dim=1)
-
-    def from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
-        return matrix[:, :2]  # (N, 2, 3)
+        raise NotImplementedError
 
     def warp(
         self, images: torch.Tensor, theta: torch.Tensor, size: tuple[int, int] | None = None
@@ -80,12 +73,33 @@ class SpatialTransformer(nn.Module):
         return warped + self.fill_value
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns the transformed images and the theta that produced them ((N, 2, 3) here)."""
+        """Returns the transformed images and the theta that produced them."""
         theta = self.to_theta(self.head(self.localization(images)))
         return self.warp(images, theta), theta
 
 
-class _NormalisedGridTransformer(SpatialTransformer):
+class SpatialTransformer(WarpingTransformer):
+    """The affine transformer (the tutorial's and the paper's ST-CNN Aff): theta is (N, 2, 3)."""
+
+    def identity(self) -> torch.Tensor:
+        return torch.tensor(IDENTITY_THETA)
+
+    def to_theta(self, parameters: torch.Tensor) -> torch.Tensor:
+        return parameters.view(-1, 2, 3)  # (N, 2, 3)
+
+    def sampling_grid(self, theta: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
+        return affine_grid(theta, size[2], size[3], self.align_corners)  # (N, H, W, 2)
+
+    def as_matrix(self, theta: torch.Tensor) -> torch.Tensor:
+        """theta as (N, 3, 3) homogeneous matrices, so that warps compose by matrix product."""
+        last_row = torch.tensor([0.0, 0.0, 1.0], device=theta.device).expand(theta.shape[0], 1, 3)
+        return torch.cat([theta, last_row], dim=1)
+
+    def from_matrix(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix[:, :2]  # (N, 2, 3)
+
+
+class _NormalisedGridTransformer(WarpingTransformer):
     """Grids built in `grid_sample`'s align_corners=False coordinates (stn/geometry.py)."""
 
     def __init__(self, localization: nn.Module, align_corners: bool = False, **kwargs) -> None:
