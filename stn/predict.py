@@ -4,7 +4,9 @@
     python -m stn.predict model_name=stn_mnist inputs='scans/*.jpg' invert=auto
 
 For each image: the predicted class and its probability, the top 3, the transformer's parameters
-(theta), and a picture: the image as brought to the model's canvas (stn/data/images.py) with the
+(theta), the four corners of the region it sampled in the image's own pixels (`region`: through
+the scaling and centring that brought the image to the canvas; `region_canvas`: on the canvas),
+and a picture: the image as brought to the model's canvas (stn/data/images.py) with the
 region the transformer sampled drawn on it, beside what the classifier saw; and both of those at
 their own resolution (`<name>.input.png`, the model's input; `<name>.crop.png`, the warped crop).
 All results also go to predictions.csv and predictions.json in the run folder. An image that
@@ -27,6 +29,7 @@ from PIL import Image, ImageDraw
 
 from stn.data.images import ImageError, image_files, read_grey, to_canvas
 from stn.errors import Allowed, ConfigError, UserError, check_value, integers, user_errors_reported
+from stn.geometry import canvas_corners, sampled_region, to_pixels
 from stn.loading import TrainedModel, trained_model
 from stn.paths import CONF_DIR
 from stn.utils.runs import csv_text, write_atomically
@@ -55,6 +58,24 @@ def sampled_outline(model: TrainedModel, theta: torch.Tensor | None) -> list[tup
     else:  # -1 and 1 are the image's outer edges
         pixels = (border + 1) / 2 * canvas
     return [(float(x), float(y)) for x, y in pixels]
+
+
+def region_corners(model: TrainedModel, theta: torch.Tensor | None) -> torch.Tensor:
+    """(4, 2) the corners of the region the transformer sampled, in the canvas's pixels (x, y),
+    in `canvas_corners`' order (top-left, top-right, bottom-right, bottom-left of its output):
+    exact for affine and projective theta; for a spline, the output's corner pixels' centres."""
+    canvas = model.canvas
+    if theta is None:  # the CNN sees the whole canvas
+        return to_pixels(canvas_corners(), canvas, canvas)
+    if theta.shape[-2:] == (2, 3):
+        return sampled_region(theta, canvas, canvas)[0]
+    if theta.shape[-2:] == (3, 3):  # a homography of the output's corners
+        corners = torch.cat([canvas_corners(), torch.ones(4, 1)], dim=1) @ theta[0].T  # (4, 3)
+        return to_pixels(corners[:, :2] / corners[:, 2:], canvas, canvas)
+    outline = torch.tensor(sampled_outline(model, theta))  # (P, 2), round the output's border
+    height, width = model.network.transformer.output_size or (canvas, canvas)
+    # the border's corners, going round: top-left, top-right, bottom-right, bottom-left
+    return outline[[0, width - 1, width + height - 1, 2 * width + height - 1]]
 
 
 def _grey(pixels: torch.Tensor) -> Image.Image:
@@ -117,7 +138,7 @@ def predict_image(
     model: TrainedModel, path: Path, invert: bool | None, top_k: int, out_dir: Path, name: str
 ) -> dict[str, Any]:
     """One image's prediction and pictures (written to `out_dir` as `<name>.*.png`)."""
-    canvas_pixels, inverted = to_canvas(read_grey(path), model.canvas, invert)  # (1, S, S) in [0, 1]
+    canvas_pixels, inverted, placement = to_canvas(read_grey(path), model.canvas, invert)  # (1, S, S)
     images = ((canvas_pixels - model.mean) / model.std)[None]  # (1, 1, S, S) normalised as in training
     seen, theta = model.network.transform(images)
     probabilities = model.network.classifier(seen).softmax(dim=1)[0]  # (classes,)
@@ -131,12 +152,15 @@ def predict_image(
     canvas_file, crop_file = out_dir / f"{name}.input.png", out_dir / f"{name}.crop.png"
     _grey(canvas_pixels[0]).save(canvas_file)
     _grey(seen_pixels[0]).save(crop_file)
+    on_canvas = region_corners(model, theta)  # (4, 2)
     return {
         "file": str(path),
         "prediction": prediction,
         "probability": round(probability, 6),
         "top": [[int(i), round(float(p), 6)] for i, p in zip(top.indices, top.values, strict=True)],
         "theta": [round(float(v), 6) for v in theta.flatten()] if theta is not None else [],
+        "region": [[round(float(x), 2), round(float(y), 2)] for x, y in placement.to_image(on_canvas)],
+        "region_canvas": [[round(float(x), 3), round(float(y), 3)] for x, y in on_canvas],
         "inverted": inverted,
         "picture": str(picture_file),
         "input": str(canvas_file),
@@ -182,6 +206,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
             "probability": r.get("probability", ""),
             f"top{top_k}": " ".join(f"{i}:{p:.4f}" for i, p in r.get("top", [])),
             "theta": " ".join(f"{v:.5f}" for v in r.get("theta", [])),
+            "region": " ".join(f"{x:.2f} {y:.2f}" for x, y in r.get("region", [])),
             "inverted": r.get("inverted", ""),
             "picture": r.get("picture", ""),
             "input": r.get("input", ""),

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.datasets import MNIST
 
-from stn.data.images import ImageError, to_canvas
+from stn.data.images import ImageError, read_grey, to_canvas
 from stn.export import PixelsToPrediction, export_onnx, export_torchscript, run_exported
 from stn.loading import ZOO_DIR, TrainedModel, sha256, zoo_manifest, zoo_model
 from stn.predict import sampled_outline
@@ -98,7 +98,7 @@ def test_a_drawn_digit_comes_to_the_canvas_as_mnist_digits_are(light_paper: bool
     grey = torch.from_numpy(
         np.asarray(_drawn_digit((240, 160), light_paper).convert("L"), dtype=np.float32) / 255
     )
-    pixels, inverted = to_canvas(grey, 28)
+    pixels, inverted, _ = to_canvas(grey, 28)
     assert inverted == light_paper
     assert pixels.shape == (1, 28, 28) and pixels.max() == pytest.approx(1.0, abs=0.05)
     ink = pixels[0] > 0.2
@@ -107,7 +107,7 @@ def test_a_drawn_digit_comes_to_the_canvas_as_mnist_digits_are(light_paper: bool
     mass = pixels[0] / pixels[0].sum()
     centre = ((mass.sum(1) * (torch.arange(28) + 0.5)).sum(), (mass.sum(0) * (torch.arange(28) + 0.5)).sum())
     assert all(abs(float(c) - 14) <= 1 for c in centre)  # centre of mass at the centre
-    pixels42, _ = to_canvas(grey, 42)  # a 42x42 model: the same 28x28 digit in the middle
+    pixels42, _, _ = to_canvas(grey, 42)  # a 42x42 model: the same 28x28 digit in the middle
     torch.testing.assert_close(pixels42[:, 7:35, 7:35], pixels)
     with pytest.raises(ImageError, match="no digit found"):
         to_canvas(torch.full((50, 50), 0.9), 28)
@@ -238,3 +238,46 @@ def test_a_raw_pixel_onnx_file_reads_a_png_as_pil_gives_it(tmp_path: Path, mnist
         logits = session.run(None, {"pixels": pixels})[0]
         correct += int(logits.argmax() == label)
     assert correct >= 19  # of 20 test digits (the zoo model scores 99.4%)
+
+
+def test_a_canvas_position_maps_back_to_the_images_own_pixels():
+    """A block of ink at a known place in a large photo (scaled down, cropped, scaled, centred on
+    the canvas): the placed block's corners map back to where the block is in the photo."""
+    photo = torch.ones(1000, 800)  # white paper, 1000 high, 800 wide
+    photo[200:600, 300:500] = 0.0  # dark ink: x 300..500, y 200..600
+    pixels, inverted, placement = to_canvas(photo, 42)
+    assert inverted
+    ink = pixels[0] > 0.5
+    rows, cols = torch.nonzero(ink.any(1)).flatten(), torch.nonzero(ink.any(0)).flatten()
+    placed = torch.tensor([[cols[0], rows[0]], [cols[-1] + 1, rows[-1] + 1]], dtype=torch.float32)
+    torch.testing.assert_close(placement.to_image(placed), torch.tensor([[300.0, 200.0], [500.0, 600.0]]),
+                               atol=6.0, rtol=0)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["stn", "stn_proj", "stn_tps", "cnn"])
+def test_predict_gives_the_sampled_region_in_the_images_pixels(tmp_path: Path, name: str):
+    """At the identity the region is the whole canvas, and in the image's pixels it is the
+    canvas's corners mapped back through the placement."""
+    from stn.predict import predict_image
+
+    model = _model(name)
+    if model.network.transformer is not None:
+        with torch.no_grad():
+            model.network.transformer.head.weight.zero_()
+            model.network.transformer.head.bias.copy_(model.network.transformer.identity())
+    Image.fromarray(np.asarray(_drawn_digit((240, 160), True))).save(tmp_path / "four.png")
+    result = predict_image(model, tmp_path / "four.png", None, 3, tmp_path, "four")
+    region_canvas = torch.tensor(result["region_canvas"])
+    if name == "stn_tps":  # the corner pixels' centres
+        expected = torch.tensor([[0.5, 0.5], [27.5, 0.5], [27.5, 27.5], [0.5, 27.5]])
+    else:
+        expected = torch.tensor([[0.0, 0.0], [28.0, 0.0], [28.0, 28.0], [0.0, 28.0]])
+    torch.testing.assert_close(region_canvas, expected, atol=1e-3, rtol=0)
+    grey = read_grey(tmp_path / "four.png")
+    _, _, placement = to_canvas(grey, 28)
+    torch.testing.assert_close(
+        torch.tensor(result["region"]), placement.to_image(expected), atol=0.01, rtol=0
+    )
+    # the canvas is larger than the digit's 20-pixel box: its region reaches past the digit
+    (left, top), (right, bottom) = result["region"][0], result["region"][2]
+    assert right - left > 0 and bottom - top > 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -101,12 +102,35 @@ def paper_surface(grey: torch.Tensor) -> torch.Tensor:
     return (basis @ coefficients)[..., 0]
 
 
-def to_canvas(grey: torch.Tensor, canvas: int, invert: bool | None = None) -> tuple[torch.Tensor, bool]:
-    """(1, canvas, canvas) pixels in [0, 1], white digit on black, and whether the image was
-    inverted (`invert`: None detects it from the border)."""
+@dataclass(frozen=True)
+class Placement:
+    """Where `to_canvas` put the image: each step is a scale or a shift, so a canvas position maps
+    back exactly. Positions are (x, y) pixel coordinates with (0, 0) the top-left corner of the
+    top-left pixel (a pixel's centre at +0.5), the convention of `F.interpolate(align_corners=False)`."""
+
+    working_scale: tuple[float, float]  # (x, y) working image / original (a large image scaled down)
+    crop_origin: tuple[int, int]  # (x, y) of the digit's bounding box in the working image
+    digit_scale: tuple[float, float]  # (x, y) placed digit / bounding box
+    canvas_origin: tuple[int, int]  # (x, y) of the placed digit on the canvas
+
+    def to_image(self, points: torch.Tensor) -> torch.Tensor:
+        """(..., 2) canvas positions -> the same positions in the original image's pixels."""
+        scale = torch.tensor(self.digit_scale, dtype=points.dtype)
+        working = (points - torch.tensor(self.canvas_origin, dtype=points.dtype)) / scale
+        working = working + torch.tensor(self.crop_origin, dtype=points.dtype)
+        return working / torch.tensor(self.working_scale, dtype=points.dtype)
+
+
+def to_canvas(
+    grey: torch.Tensor, canvas: int, invert: bool | None = None
+) -> tuple[torch.Tensor, bool, Placement]:
+    """(1, canvas, canvas) pixels in [0, 1], white digit on black, whether the image was
+    inverted (`invert`: None detects it from the border), and where the image went (`Placement`)."""
+    working_scale = (1.0, 1.0)
     if max(grey.shape) > WORKING_SIDE:
         scale = WORKING_SIDE / max(grey.shape)
         size = (max(1, round(grey.shape[0] * scale)), max(1, round(grey.shape[1] * scale)))
+        working_scale = (size[1] / grey.shape[1], size[0] / grey.shape[0])
         grey = F.interpolate(grey[None, None], size=size, mode="bilinear", antialias=True)[0, 0]
     inverted = is_light_background(grey) if invert is None else invert
     if inverted:
@@ -126,6 +150,7 @@ def to_canvas(grey: torch.Tensor, canvas: int, invert: bool | None = None) -> tu
     digit = ((digit - INK) / (1 - INK)).clamp(0, 1)  # paper texture and noise to 0
     scale = DIGIT_BOX / max(digit.shape)
     size = (max(1, round(digit.shape[0] * scale)), max(1, round(digit.shape[1] * scale)))
+    digit_scale = (size[1] / digit.shape[1], size[0] / digit.shape[0])
     digit = F.interpolate(digit[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)[
         0, 0
     ]
@@ -139,7 +164,10 @@ def to_canvas(grey: torch.Tensor, canvas: int, invert: bool | None = None) -> tu
     pixels = torch.zeros(canvas, canvas)
     offset = (canvas - MNIST_SIZE) // 2  # the 28x28 field in the middle of a larger canvas
     pixels[offset + top : offset + top + height, offset + left : offset + left + width] = digit
-    return pixels[None], inverted
+    placement = Placement(
+        working_scale, (int(cols[0]), int(rows[0])), digit_scale, (offset + left, offset + top)
+    )
+    return pixels[None], inverted, placement
 
 
 def image_files(pattern: str) -> list[Path]:
