@@ -33,7 +33,8 @@ from pathlib import Path
 from benchmarks.machine import describe_machine
 from benchmarks.paper_length import error_against_length_axes, row_name
 from stn.paper_table import PAPER, cell, confidence_interval
-from stn.utils.runs import RunFolder, csv_text, write_atomically
+from stn.utils.files import csv_text, write_atomically
+from stn.utils.runs import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
 CSV = ROOT / "docs" / "paper" / "rts_study.csv"

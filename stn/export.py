@@ -32,7 +32,7 @@ from torch import nn
 from stn.errors import Allowed, ConfigError, UserError, check_value, integers, one_of, user_errors_reported
 from stn.loading import TrainedModel, trained_model
 from stn.paths import CONF_DIR
-from stn.utils.runs import write_atomically
+from stn.utils.files import write_atomically
 from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ its test accuracy, the command that trained it and both files' sha256, in `zoo/m
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,11 +23,13 @@ from omegaconf import DictConfig, OmegaConf
 from stn.errors import ConfigError, UserError
 from stn.paths import ZOO_DIR
 from stn.utils.checkpoints import read_checkpoint
+from stn.utils.files import MAX_CONFIG_BYTES, file_digest, read_text
 from stn.utils.instantiators import build
 from stn.utils.runs import RUN_CONFIG, saved_config
 from stn.utils.untrusted import check_targets, load_untrusted
 
 MANIFEST = "manifest.json"
+MAX_ZOO_FILE_BYTES = 256 << 20  # a zoo model's weights or config (the largest today: 0.8 MB)
 # what a zoo entry keeps of the run's data config: how the images were made, not where they were
 DATA_KEYS_DROPPED = (
     "data_dir",
@@ -129,11 +130,12 @@ def zoo_manifest(zoo_dir: Path = ZOO_DIR) -> dict[str, dict[str, Any]]:
     path = zoo_dir / MANIFEST
     if not path.is_file():
         return {}
+    text = read_text(path, MAX_CONFIG_BYTES)
     try:
-        models = json.loads(path.read_text())["models"]
+        models = json.loads(text)["models"]
         if not isinstance(models, dict) or not all(isinstance(entry, dict) for entry in models.values()):
             raise TypeError("models is not a mapping of entries")
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
         raise UserError(
             f"{path} is not the zoo's manifest ({type(error).__name__}: {error}); "
             "restore it with `git checkout -- zoo/`"
@@ -142,7 +144,7 @@ def zoo_manifest(zoo_dir: Path = ZOO_DIR) -> dict[str, dict[str, Any]]:
 
 
 def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return file_digest(path, "sha256", MAX_ZOO_FILE_BYTES)
 
 
 def zoo_model(name: str, zoo_dir: Path = ZOO_DIR) -> TrainedModel:
@@ -156,7 +158,7 @@ def zoo_model(name: str, zoo_dir: Path = ZOO_DIR) -> TrainedModel:
     files = {"weights": "sha256", "config": "config_sha256"}
     for field, hash_field in files.items():
         path = zoo_dir / str(entry.get(field, ""))
-        if not entry.get(field) or not path.is_file() or path.parent != zoo_dir:
+        if not entry.get(field) or not path.exists() or path.parent != zoo_dir:
             raise UserError(
                 f"zoo model {name}: its {field} file {path} is missing; "
                 "restore it with `git checkout -- zoo/`"

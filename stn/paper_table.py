@@ -35,7 +35,8 @@ from stn.callbacks.transform_grid import at_input_size
 from stn.errors import UserError
 from stn.loading import checkpoint_model
 from stn.pictures import labelled_rows
-from stn.utils.runs import csv_text, run_folders, write_atomically
+from stn.utils.files import csv_text, write_atomically
+from stn.utils.runs import run_folders
 
 PAPER_COLUMNS = {  # the data= choice -> its column in the paper's table
     "mnist_rot": "R",

@@ -32,7 +32,7 @@ from stn.errors import Allowed, ConfigError, UserError, check_value, integers, u
 from stn.geometry import canvas_corners, sampled_region, to_pixels
 from stn.loading import TrainedModel, trained_model
 from stn.paths import CONF_DIR
-from stn.utils.runs import csv_text, write_atomically
+from stn.utils.files import csv_text, write_atomically
 from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stn.errors import UserError
-from stn.utils.runs import csv_text, plain_yaml, run_folders, saved_config, split_override, write_atomically
+from stn.utils.files import csv_text, write_atomically
+from stn.utils.runs import plain_yaml, run_folders, saved_config, split_override
 
 METRICS = ("val/acc_best", "val/loss", "test/acc", "test/loss", "time/fit_seconds")
 

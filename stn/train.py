@@ -26,10 +26,11 @@ from stn.errors import RunInterrupted, user_errors_reported
 from stn.paths import CONF_DIR
 from stn.utils.checks import check_config
 from stn.utils.config_tree import show_config
+from stn.utils.files import write_atomically
 from stn.utils.instantiators import build, instantiate_group
 from stn.utils.parallel import apply_job_share
 from stn.utils.resume import apply_resume_point, finished_here
-from stn.utils.runs import remove_if_unused, run_lock, write_atomically
+from stn.utils.runs import remove_if_unused, run_lock
 from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)

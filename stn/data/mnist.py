@@ -4,7 +4,6 @@ tensors, served in batches by `stn.data.batching` (on the training device by def
 from __future__ import annotations
 
 import fcntl
-import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,7 +15,8 @@ from torchvision.datasets import MNIST
 
 from stn.data.batching import DeviceBatches, EpochShuffle, InMemoryImages, keep_batch
 from stn.data.distortions import MNIST_SIZE, Distortion
-from stn.errors import Allowed, UserError, check, integers
+from stn.errors import Allowed, ConfigError, UserError, check, integers
+from stn.utils.files import MAX_DATA_BYTES, check_regular, file_digest
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -63,7 +63,7 @@ def _unpack_lock(raw_dir: Path, create: bool) -> Iterator[None]:
 
 
 def _md5(path: Path) -> str:
-    return hashlib.md5(path.read_bytes()).hexdigest()
+    return file_digest(path, "md5", MAX_DATA_BYTES)
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -163,9 +163,24 @@ class MNISTDataModule(L.LightningDataModule):
             message += f" Download was not possible: {_one_line(cause)}"
         return message
 
+    def _check_regular(self) -> None:
+        """Every MNIST file present (archive or unpacked) is a regular file of a bounded size:
+        torchvision's md5 check would read a FIFO forever, or a link to /dev/zero whole."""
+        for filename, _ in MNIST.resources:
+            for path in (self.raw_dir / filename, (self.raw_dir / filename).with_suffix("")):
+                if path.exists() or path.is_symlink():
+                    try:
+                        check_regular(path, MAX_DATA_BYTES)
+                    except ConfigError as error:
+                        raise MNISTDataError(
+                            f"{error}. Expected the official MNIST file there (set data.data_dir or "
+                            "STN_DATA_DIR to the folder that holds MNIST/raw/)"
+                        ) from None
+
     def _check_unpacked(self) -> None:
         """The unpacked files torchvision reads have their official sizes (a truncated copy would
         otherwise fail as a tensor shape error, naming no file)."""
+        self._check_regular()
         for filename, size in UNPACKED_SIZES.items():
             path = self.raw_dir / filename
             if path.is_file() and path.stat().st_size != size:

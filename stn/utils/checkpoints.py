@@ -10,12 +10,22 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from stn.errors import UserError
+from stn.errors import ConfigError, UserError
+from stn.utils.files import check_regular
+
+MAX_CHECKPOINT_BYTES = 16 << 30  # far beyond any model this project trains
 
 
 def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
     """A Lightning checkpoint's contents, read with `weights_only=True` (no pickle code runs): one
-    sentence for a file that is not one, never torch's advice to read it unsafely."""
+    sentence for a file that is not one, never torch's advice to read it unsafely. Only a regular
+    file is read (a FIFO would block, a link to /dev/zero never end)."""
+    try:
+        check_regular(checkpoint, MAX_CHECKPOINT_BYTES)
+    except ConfigError as error:
+        raise UserError(
+            f"{checkpoint} cannot be read as a checkpoint ({str(error).removeprefix(f'{checkpoint} ')})"
+        ) from None
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "state_dict" not in state:

@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError, UserError
 from stn.utils.checkpoints import read_checkpoint
+from stn.utils.files import check_regular
 from stn.utils.runs import (
     LAST_CHECKPOINT,
     RUN_CONFIG,
@@ -74,8 +75,12 @@ def earlier_runs(log_dir: Path, overrides: list[str], exclude: Path) -> list[Pat
 def resume_point(
     ckpt_path: str | None, output_dir: Path, log_dir: Path, overrides: list[str]
 ) -> tuple[str | None, Path]:
-    """(the checkpoint to resume from or None, the folder this run writes to)."""
+    """(the checkpoint to resume from or None, the folder this run writes to). A `last.ckpt` that
+    is there but not a regular file (a FIFO, a link to a device) is refused: never taken for
+    missing, which would resume another run of the same command instead."""
     own_last = output_dir / LAST_CHECKPOINT
+    if own_last.exists() or own_last.is_symlink():
+        check_regular(own_last)
     if ckpt_path is None:
         if own_last.is_file():
             log.info("This run's folder already has %s: resuming from it", own_last)
@@ -92,8 +97,9 @@ def resume_point(
             )
         log.info("Resuming %s; the run goes on in %s", runs[0] / LAST_CHECKPOINT, runs[0])
         return str(runs[0] / LAST_CHECKPOINT), runs[0]
-    if not Path(ckpt_path).is_file():
+    if not (Path(ckpt_path).exists() or Path(ckpt_path).is_symlink()):
         raise ConfigError(f"ckpt_path={ckpt_path} does not exist (a checkpoint file, 'last', or null)")
+    check_regular(Path(ckpt_path))
     return ckpt_path, output_dir
 
 

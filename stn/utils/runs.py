@@ -7,11 +7,8 @@ overrides.yaml), `checkpoints/`, `metrics.json` once the run finished, `<task>.l
 
 from __future__ import annotations
 
-import csv
 import fcntl
-import io
 import json
-import os
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -26,6 +23,7 @@ from hydra.core.utils import setup_globals
 from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError
+from stn.utils.files import MAX_JSON_DEPTH, MAX_METRICS_BYTES, json_depth, read_text, read_yaml_text
 from stn.utils.untrusted import check_targets, load_untrusted
 
 
@@ -148,14 +146,19 @@ class RunFolder:
     def metrics(self) -> dict | None:
         """metrics.json (written when the run finished), or None."""
         metrics_file = self.path / "metrics.json"
-        if not metrics_file.is_file():
+        if not (metrics_file.exists() or metrics_file.is_symlink()):
             return None
+        text = read_text(metrics_file, MAX_METRICS_BYTES)
         try:
-            metrics = json.loads(metrics_file.read_text())
-        except (ValueError, UnicodeDecodeError) as error:
+            metrics = json.loads(text)
+        except ValueError as error:
             raise ConfigError(f"{metrics_file} is not JSON ({error})") from None
+        except RecursionError:
+            raise ConfigError(f"{metrics_file} nests deeper than any metrics file") from None
         if not isinstance(metrics, dict):
             raise ConfigError(f"{metrics_file} is not a JSON object of metrics")
+        if json_depth(metrics) > MAX_JSON_DEPTH:
+            raise ConfigError(f"{metrics_file} nests deeper than any metrics file ({MAX_JSON_DEPTH} levels)")
         return metrics
 
     @property
@@ -167,10 +170,11 @@ class RunFolder:
 
 
 def plain_yaml(path: Path) -> Any:
-    """A YAML file as plain data (lists, dicts, strings): nothing in it is resolved or built."""
+    """A YAML file as plain data (lists, dicts, strings): nothing in it is resolved or built; a
+    bounded regular file without anchors or aliases (stn/utils/files.py)."""
     try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError, UnicodeDecodeError) as error:
+        return yaml.safe_load(read_yaml_text(path))
+    except (OSError, yaml.YAMLError) as error:
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"{path} cannot be read as YAML ({first})") from None
 
@@ -250,12 +254,6 @@ def check_writable(folder: Path) -> None:
         ) from None
 
 
-def csv_text(rows: list[list[Any]]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer).writerows(rows)
-    return buffer.getvalue()
-
-
 LOCK_FILE = ".lock"
 
 
@@ -277,11 +275,3 @@ def run_lock(folder: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the new one, never half of one
-    (a run killed while writing metrics.json or a summary)."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)

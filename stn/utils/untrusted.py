@@ -10,10 +10,16 @@ a YAML file could run code when it is read:
 - an interpolation through a resolver with side effects (the project's `new_dir` creates
   folders). Only plain interpolations (`${data.mean}`) and the read-only resolvers in
   `SAFE_RESOLVERS` are allowed; anything else is refused before anything is resolved.
+
+One more thing must not leave a read file: this machine's environment. `${oc.env:TOKEN}` would
+put a secret (or the home folder) into whatever shows the config (stn.summarize's pages). An
+environment interpolation is allowed only as the project's own configs write it, at the same key
+(`paths.root_dir: ${oc.env:STN_ROOT,.}`): the pairs are read from `conf/`, like the targets.
 """
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator
 from functools import cache
@@ -24,9 +30,11 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from stn.errors import ConfigError
 from stn.paths import CONF_DIR
+from stn.utils.files import read_yaml_text
 
 # resolvers that only read: Hydra's record of the run, the clock, another key, the environment
-SAFE_RESOLVERS = frozenset({"hydra", "now", "oc.select", "oc.env", "oc.dict.keys", "oc.dict.values"})
+SAFE_RESOLVERS = frozenset({"hydra", "now", "oc.select", "oc.dict.keys", "oc.dict.values"})
+ENVIRONMENT = "oc.env"  # allowed only where conf/ itself reads the environment (project_environment)
 _RESOLVER_CALL = re.compile(r"\$\{\s*([^${}:\s]+)\s*:")
 
 
@@ -57,6 +65,23 @@ def project_targets(conf_dir: Path = CONF_DIR) -> frozenset[str]:
     return frozenset(targets)
 
 
+@cache
+def project_environment(conf_dir: Path = CONF_DIR) -> frozenset[tuple[str, str]]:
+    """(key, value) of every leaf of conf/ that reads the environment (`paths.root_dir`,
+    `${oc.env:STN_ROOT,.}`): keys under their config group (a file's folder), as in a run's config."""
+    pairs: set[tuple[str, str]] = set()
+    for path in sorted(conf_dir.rglob("*.yaml")):
+        group = ".".join(path.relative_to(conf_dir).parent.parts)
+        for key, value in _leaves(OmegaConf.to_container(OmegaConf.load(path), resolve=False)):
+            if isinstance(value, str) and f"{ENVIRONMENT}:" in value:
+                pairs.add((f"{group}.{key}" if group else key, value))
+    return frozenset(pairs)
+
+
+def _project_reads_environment(key: str, value: str) -> bool:
+    return (key, value) in project_environment()
+
+
 # what the project ever builds from a read config: the model and its data (eval, predict, export,
 # the zoo, paper_table); a run's callbacks, loggers and trainer are only ever compared, never built
 BUILT = ("model", "data")
@@ -68,6 +93,14 @@ def check_resolvers(config: DictConfig | ListConfig, source: Path) -> None:
     for key, value in _leaves(OmegaConf.to_container(config, resolve=False)):
         if isinstance(value, str):
             unsafe = [name for name in _RESOLVER_CALL.findall(value) if name not in SAFE_RESOLVERS]
+            if unsafe == [ENVIRONMENT] * len(unsafe) and unsafe and _project_reads_environment(key, value):
+                continue
+            if ENVIRONMENT in unsafe:
+                raise ConfigError(
+                    f"{source} has {key}={value!r}, which reads this machine's environment; a config read "
+                    "back from disk may do that only where the project's own configs do (paths.root_dir, "
+                    "paths.data_dir), so that no secret or machine detail leaves through it"
+                )
             if unsafe:
                 raise ConfigError(
                     f"{source} has {key}={value!r}, an interpolation through the resolver {unsafe[0]!r}, "
@@ -93,10 +126,9 @@ def check_targets(config: DictConfig, source: Path) -> None:
 def load_untrusted(path: Path, leave_out: tuple[str, ...] = ()) -> DictConfig | ListConfig:
     """The YAML file `path` without the dotted keys `leave_out`, checked with `check_resolvers`:
     one sentence if it is not YAML. Its targets are checked once it is resolved (`check_targets`)."""
+    text = read_yaml_text(path)  # a bounded regular file without anchors or aliases
     try:
-        config = OmegaConf.load(path)
-    except FileNotFoundError:
-        raise ConfigError(f"{path} is missing") from None
+        config = OmegaConf.load(io.StringIO(text))
     except Exception as error:  # yaml's and OmegaConf's parse errors
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ConfigError(f"{path} cannot be read as a config ({first})") from None

@@ -1,0 +1,228 @@
+"""Trust, the files a run reads: nothing read from a run folder, the zoo, a sweep folder or the
+data folder can hang the project or take its memory (FIFOs, links to /dev/zero, YAML alias bombs,
+deep JSON), a checkpoint that is not a file is refused rather than replaced by another run's, and
+no environment variable leaves an untrusted config. Each would-be hang runs under a time limit
+that fails the test instead of hanging it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from stn.errors import ConfigError, UserError
+from stn.loading import sha256, zoo_model
+from stn.utils.resume import resume_point
+from stn.utils.runs import RunFolder, saved_config
+
+from .conftest import ROOT
+
+BOMB = """\
+a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]
+i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]
+model: *i
+"""
+
+
+@contextmanager
+def within(seconds: float) -> Iterator[None]:
+    """Fail (TimeoutError) instead of hanging when the block takes longer than `seconds`."""
+
+    def expired(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: it would have hung")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _copy_run(finished_run: Path, tmp_path: Path) -> Path:
+    crafted = tmp_path / "crafted"
+    shutil.copytree(finished_run, crafted)
+    shutil.rmtree(crafted / "run_config")
+    return crafted
+
+
+def test_a_yaml_alias_bomb_in_a_run_folder_is_refused_at_once(finished_run: Path, tmp_path: Path):
+    crafted = _copy_run(finished_run, tmp_path)
+    (crafted / ".hydra" / "config.yaml").write_text(BOMB)
+    with within(10), pytest.raises(ConfigError, match="config.yaml uses YAML anchors and aliases"):
+        saved_config(crafted)
+    (crafted / ".hydra" / "overrides.yaml").write_text(BOMB)
+    with within(10), pytest.raises(ConfigError, match="overrides.yaml uses YAML anchors and aliases"):
+        _ = RunFolder(crafted).overrides
+
+
+def test_a_yaml_alias_bomb_in_the_zoo_is_refused_even_with_a_matching_sha256(tmp_path: Path):
+    zoo = tmp_path / "zoo"
+    shutil.copytree(ROOT / "zoo", zoo)
+    (zoo / "stn_mnist.yaml").write_text(BOMB)
+    manifest = json.loads((zoo / "manifest.json").read_text())
+    manifest["models"]["stn_mnist"]["config_sha256"] = sha256(zoo / "stn_mnist.yaml")
+    (zoo / "manifest.json").write_text(json.dumps(manifest))
+    with within(10), pytest.raises(ConfigError, match="stn_mnist.yaml uses YAML anchors and aliases"):
+        zoo_model("stn_mnist", zoo)
+
+
+def test_a_yaml_alias_bomb_in_a_sweep_job_is_a_failed_job(finished_run: Path, tmp_path: Path):
+    from stn.summarize import load_jobs
+
+    sweep = tmp_path / "sweep"
+    for job in range(2):
+        shutil.copytree(finished_run, sweep / str(job))
+    (sweep / "1" / ".hydra" / "overrides.yaml").write_text(BOMB)
+    with within(20):
+        jobs = load_jobs(sweep)
+    assert [job.status for job in jobs] == ["ok", "failed"]
+    assert "uses YAML anchors and aliases" in jobs[1].error
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero", "folder"])
+def test_a_metrics_file_or_config_that_is_not_a_regular_file_is_refused(
+    kind: str, finished_run: Path, tmp_path: Path
+):
+    crafted = _copy_run(finished_run, tmp_path)
+    for target in (crafted / "metrics.json", crafted / ".hydra" / "config.yaml"):
+        target.unlink()
+        if kind == "fifo":
+            os.mkfifo(target)
+        elif kind == "dev_zero":
+            target.symlink_to("/dev/zero")
+        else:
+            target.mkdir()
+    kinds = {"fifo": r"a FIFO \(named pipe\)", "dev_zero": "a character device", "folder": "a folder"}
+    expected = kinds[kind]
+    with within(10), pytest.raises(ConfigError, match=f"metrics.json is {expected}, not a regular file"):
+        _ = RunFolder(crafted).metrics
+    with within(10), pytest.raises(ConfigError, match=f"config.yaml is {expected}, not a regular file"):
+        saved_config(crafted)
+
+
+def test_a_huge_config_is_refused_before_it_is_read(finished_run: Path, tmp_path: Path):
+    crafted = _copy_run(finished_run, tmp_path)
+    with (crafted / ".hydra" / "config.yaml").open("r+b") as file:
+        file.truncate(64 << 20)  # sparse: 64 MB of nothing, no disk used
+    with within(10), pytest.raises(ConfigError, match="more than the .* such a file may have"):
+        saved_config(crafted)
+
+
+def test_a_deeply_nested_metrics_file_is_a_failed_job_not_a_crash(finished_run: Path, tmp_path: Path):
+    crafted = _copy_run(finished_run, tmp_path)
+    (crafted / "metrics.json").write_text("[" * 100_000 + "]" * 100_000)
+    with within(10), pytest.raises(ConfigError, match="nests deeper than any metrics file"):
+        _ = RunFolder(crafted).metrics
+    # deep enough for the depth check, not for json's own recursion limit
+    (crafted / "metrics.json").write_text('{"test/acc": 0.5, "deep": ' + "[" * 200 + "]" * 200 + "}")
+    with within(10), pytest.raises(ConfigError, match="nests deeper than any metrics file"):
+        _ = RunFolder(crafted).metrics
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_an_mnist_archive_that_is_not_a_file_names_its_path(kind: str, tmp_path: Path, mnist_dir: Path):
+    from stn.data import MNISTDataModule
+    from stn.data.mnist import MNISTDataError
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(mnist_dir / "MNIST" / "raw", data_dir / "MNIST" / "raw")
+    archive = data_dir / "MNIST" / "raw" / "train-images-idx3-ubyte.gz"
+    for path in (archive, archive.with_suffix("")):
+        path.unlink(missing_ok=True)
+    if kind == "fifo":
+        os.mkfifo(archive)
+    else:
+        archive.symlink_to("/dev/zero")
+    datamodule = MNISTDataModule(data_dir=str(data_dir))
+    expected = "a FIFO" if kind == "fifo" else "a character device"
+    with within(20), pytest.raises(MNISTDataError, match=f"train-images-idx3-ubyte.gz is {expected}"):
+        datamodule.prepare_data()
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_a_last_checkpoint_that_is_not_a_file_is_refused_never_replaced(
+    kind: str, finished_run: Path, tmp_path: Path
+):
+    """Not taken for missing: that would resume another run of the same overrides instead."""
+    log_dir = tmp_path / "outputs"
+    other = log_dir / "other"  # another run of the same command, with a sound last.ckpt
+    shutil.copytree(finished_run, other)
+    mine = log_dir / "mine"
+    shutil.copytree(finished_run, mine)
+    last = mine / "checkpoints" / "last.ckpt"
+    last.unlink()
+    os.mkfifo(last) if kind == "fifo" else last.symlink_to("/dev/zero")
+    overrides = RunFolder(mine).overrides
+    for ckpt_path in (None, "last"):
+        with within(10), pytest.raises(ConfigError, match="last.ckpt is a"):
+            resume_point(ckpt_path, mine, log_dir, overrides)
+    with within(10), pytest.raises(ConfigError, match="last.ckpt is a"):
+        resume_point(str(last), tmp_path / "new", log_dir, overrides)
+
+
+def test_reading_a_checkpoint_that_is_not_a_file_is_one_sentence(tmp_path: Path):
+    from stn.utils.checkpoints import read_checkpoint
+
+    fifo = tmp_path / "x.ckpt"
+    os.mkfifo(fifo)
+    with within(10), pytest.raises(UserError, match="x.ckpt cannot be read as a checkpoint .*a FIFO"):
+        read_checkpoint(fifo)
+
+
+# -- no environment variable leaves an untrusted config --
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("optimized_metric", "${oc.env:STN_TEST_SECRET}"),
+        ("paths.extra", "token-${oc.env:STN_TEST_SECRET,none}"),
+        ("model.note", "${oc.env:STN_ROOT,.}"),  # the project's own form, at a key that is not its own
+    ],
+)
+def test_an_environment_interpolation_in_a_read_config_is_refused(
+    key: str, value: str, finished_run: Path, tmp_path: Path, monkeypatch
+):
+    monkeypatch.setenv("STN_TEST_SECRET", "hunter2")
+    crafted = _copy_run(finished_run, tmp_path)
+    config = OmegaConf.load(crafted / ".hydra" / "config.yaml")
+    OmegaConf.update(config, key, value, force_add=True)
+    OmegaConf.save(config, crafted / ".hydra" / "config.yaml")
+    with pytest.raises(ConfigError, match="reads this machine's environment") as refused:
+        saved_config(crafted)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_the_projects_own_environment_paths_still_read_back(finished_run: Path):
+    config = saved_config(finished_run)  # paths.root_dir: ${oc.env:STN_ROOT,.} as conf/ writes it
+    assert config.model is not None
+
+
+def test_a_summary_never_shows_an_environment_variable(finished_run: Path, tmp_path: Path, monkeypatch):
+    from stn.summarize import main as summarize
+
+    monkeypatch.setenv("STN_TEST_SECRET", "hunter2")
+    sweep = tmp_path / "sweep"
+    shutil.copytree(finished_run, sweep / "0")
+    config = OmegaConf.load(sweep / "0" / ".hydra" / "config.yaml")
+    config.optimized_metric = "${oc.env:STN_TEST_SECRET}"
+    OmegaConf.save(config, sweep / "0" / ".hydra" / "config.yaml")
+    summarize([str(sweep)])
+    for name in ("summary.md", "summary.csv", "summary.html"):
+        assert "hunter2" not in (sweep / name).read_text()
