@@ -11,6 +11,8 @@ import logging
 import signal
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -49,6 +51,31 @@ def fit_seconds(trainer: L.Trainer, this_start: float) -> float:
     in the checkpoint, so a resumed run counts its earlier starts too; else this start's time."""
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     return timer.time_elapsed("train") if timer is not None else this_start
+
+
+@contextmanager
+def stopped_runs_reported(trainer: L.Trainer, cfg: DictConfig, testing: bool = False) -> Iterator[None]:
+    """A run stopped by SIGTERM (a scheduler) or Ctrl-C, in any phase, ends as `RunInterrupted`:
+    one sentence that says it is incomplete and how to resume, and 128 + the signal's number as
+    its exit status. Lightning's own endings are exit 0 (SIGTERM: a SystemExit) and exit 1
+    (Ctrl-C, after "attempting graceful shutdown"), which a script would misread."""
+    try:
+        yield
+    except SIGTERMException:
+        stopped = signal.SIGTERM
+    except SystemExit:  # Lightning's sys.exit(1) after a KeyboardInterrupt
+        if not trainer.interrupted:
+            raise
+        stopped = signal.SIGINT
+    else:
+        return
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    when = "while it tested its best checkpoint" if testing else f"in epoch {trainer.current_epoch}"
+    raise RunInterrupted(
+        f"the run was stopped ({stopped.name}) {when} and is incomplete: no metrics.json. Resume it "
+        f"from {last} with the same command and ckpt_path=last",
+        stopped,
+    ) from None
 
 
 def train(cfg: DictConfig) -> dict[str, float | str]:
@@ -92,15 +119,8 @@ def _fit_and_test(
     metrics: dict[str, float | str] = {}
     if cfg.get("train", True):
         start = time.perf_counter()
-        try:
+        with stopped_runs_reported(trainer, cfg):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        except SIGTERMException:  # Lightning's, a SystemExit that would end the process with status 0
-            raise RunInterrupted(
-                f"the run was stopped (SIGTERM) in epoch {trainer.current_epoch} and is incomplete: no "
-                f"metrics.json. Resume it from {Path(cfg.paths.output_dir) / 'checkpoints' / 'last.ckpt'} "
-                "with the same command and ckpt_path=last",
-                signal.SIGTERM,
-            ) from None
         metrics["time/fit_seconds"] = fit_seconds(trainer, time.perf_counter() - start)
         metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
 
@@ -112,7 +132,8 @@ def _fit_and_test(
             log.log(
                 level, "No best checkpoint (fast_dev_run or no ModelCheckpoint): testing the current weights"
             )
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        with stopped_runs_reported(trainer, cfg, testing=True):
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
         metrics["best_model_path"] = best
 

@@ -15,6 +15,7 @@ they give identical batches for the same seed (tests/test_datamodule.py).
 from __future__ import annotations
 
 import math
+import signal
 from collections.abc import Iterator
 
 import torch
@@ -193,3 +194,13 @@ class DeviceBatches:
         generator = self.sampler.generator(device, self.rank) if self.distortion is not None else None
         for first in range(0, len(order), step):
             yield self.dataset.batch(order[first : first + step], self.distortion, generator)
+
+
+def worker_ignores_stop_signals(worker_id: int) -> None:
+    """A DataLoader worker's start: it ignores SIGTERM and SIGINT. A scheduler (SLURM) and a
+    terminal's Ctrl-C signal the whole process group; a worker that died of it first would end the
+    run in a "DataLoader worker killed by signal" traceback instead of the main process's
+    stopped-run sentence. The main process stops its workers itself, and a worker whose main
+    process is gone exits on its own."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -13,7 +13,13 @@ import torch
 from torch.utils.data import DataLoader
 from torchvision.datasets import MNIST
 
-from stn.data.batching import DeviceBatches, EpochShuffle, InMemoryImages, keep_batch
+from stn.data.batching import (
+    DeviceBatches,
+    EpochShuffle,
+    InMemoryImages,
+    keep_batch,
+    worker_ignores_stop_signals,
+)
 from stn.data.distortions import MNIST_SIZE, Distortion
 from stn.errors import Allowed, ConfigError, UserError, check, integers
 from stn.utils.files import MAX_DATA_BYTES, check_regular, file_digest
@@ -21,6 +27,7 @@ from stn.utils.files import MAX_DATA_BYTES, check_regular, file_digest
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 TRAIN_SIZE = 60_000
+TEST_SIZE = 10_000
 DISTORTION_CHUNK = 1_000  # images distorted at a time when the fixed sets are made
 
 
@@ -114,8 +121,9 @@ class MNISTDataModule(L.LightningDataModule):
         check(self, integers(1), batch_size=batch_size)
         check(self, integers(0), num_workers=num_workers)
         check(self, integers(1, TRAIN_SIZE - 1), val_size=val_size)
-        check(self, integers(1).or_null(), train_subset=train_subset)
-        check(self, integers(1).or_null(), test_subset=test_subset)
+        whole = "the whole set is null"
+        check(self, integers(1, TRAIN_SIZE - val_size).or_null().because(whole), train_subset=train_subset)
+        check(self, integers(1, TEST_SIZE).or_null().because(whole), test_subset=test_subset)
         self._check_image_size(image_size)
         self.save_hyperparameters(ignore=["augment"])
         self.augment = augment
@@ -268,6 +276,7 @@ class MNISTDataModule(L.LightningDataModule):
             sampler=sampler,
             num_workers=self.hparams.num_workers,
             collate_fn=keep_batch,
+            worker_init_fn=worker_ignores_stop_signals,
             pin_memory=self.hparams.pin_memory,
             persistent_workers=self.hparams.num_workers > 0,
         )

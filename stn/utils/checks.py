@@ -127,6 +127,18 @@ def check_graphed_step(cfg: DictConfig) -> None:
         )
 
 
+# what makes a run train at least one batch: Lightning accepts 0 and trains nothing, then tests an
+# untrained model and calls it finished
+SOME_BATCHES = Allowed(
+    lambda v: (is_int(v) and v >= 1) or (isinstance(v, float) and 0 < v <= 1),
+    "integers >= 1 or fractions in (0, 1]",
+    "0 trains no batch",
+)
+SOME_STEPS = Allowed(
+    lambda v: is_int(v) and (v == -1 or v >= 1), "-1 (no limit) or integers >= 1", "0 trains nothing"
+)
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value the run cannot use."""
     check_image_sizes(cfg)
@@ -136,6 +148,9 @@ def check_config(cfg: DictConfig) -> None:
     _require(cfg, "num_threads", integers(1).or_null())
     _require(cfg, "seed", integers(0, 2**32 - 1).or_null())
     _require(cfg, "trainer.max_epochs", integers(1))
+    _require(cfg, "trainer.max_steps", SOME_STEPS)
+    _require(cfg, "trainer.limit_train_batches", SOME_BATCHES)
+    _require(cfg, "trainer.gradient_clip_val", numbers(0).or_null())
     _require(cfg, "trainer.precision", one_of(*PRECISIONS))
     if _select(cfg, "data.fast_path"):
         _require(

@@ -1,0 +1,136 @@
+"""Trust, stopping and checking: a run stopped by a signal never reports success in any phase
+(SIGTERM while testing, Ctrl-C while training: the sentence and 128 + the signal's number), a run
+that would train no batch is refused, and every value the user gives is checked before anything
+starts. In process, on small real MNIST."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import open_dict
+
+from stn.errors import ConfigError, RunInterrupted
+from stn.train import train
+
+from .conftest import FINISHED, check_and_build, compose_config, small_run, write_hydra_record
+
+
+class SignalOnce(L.Callback):
+    """Sends this process `signal_number` after the first batch of the `stage` (train or test)."""
+
+    def __init__(self, signal_number: int, stage: str) -> None:
+        self.signal_number, self.stage, self.sent = signal_number, stage, False
+
+    def _send(self) -> None:
+        if not self.sent:
+            self.sent = True
+            os.kill(os.getpid(), self.signal_number)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.stage == "train":
+            self._send()
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.stage == "test":
+            self._send()
+
+
+def _train_with_a_signal(run_dir: Path, mnist_dir: Path, signal_number: int, stage: str) -> None:
+    cfg = small_run(compose_config("train.yaml", list(FINISHED)), run_dir, mnist_dir)
+    with open_dict(cfg):
+        cfg.callbacks.signal_once = {
+            "_target_": f"{__name__}.SignalOnce",
+            "signal_number": int(signal_number),
+            "stage": stage,
+        }
+    write_hydra_record(cfg, run_dir)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, previous)  # Lightning ignores a second Ctrl-C while it shuts down
+        GlobalHydra.instance().clear()
+
+
+def test_sigterm_while_testing_is_a_stopped_run_not_a_success(tmp_path: Path, mnist_dir: Path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(
+        RunInterrupted, match=r"stopped \(SIGTERM\) while it tested its best checkpoint"
+    ) as stopped:
+        _train_with_a_signal(run_dir, mnist_dir, signal.SIGTERM, "test")
+    assert stopped.value.exit_code == 143
+    assert "ckpt_path=last" in str(stopped.value)
+    assert not (run_dir / "metrics.json").exists()
+
+
+def test_ctrl_c_while_training_says_incomplete_with_the_shells_130(tmp_path: Path, mnist_dir: Path):
+    run_dir = tmp_path / "run"
+    with pytest.raises(RunInterrupted, match=r"stopped \(SIGINT\) in epoch 0 and is incomplete") as stopped:
+        _train_with_a_signal(run_dir, mnist_dir, signal.SIGINT, "train")
+    assert stopped.value.exit_code == 130
+    assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["trainer.limit_train_batches=0"],
+            r"trainer.limit_train_batches=0 is out of range: .*0 trains no batch",
+        ),
+        (["trainer.limit_train_batches=0.0"], "trainer.limit_train_batches=0.0 is out of range"),
+        (["+trainer.max_steps=0"], "trainer.max_steps=0 is out of range"),
+        (
+            ["trainer.gradient_clip_val=-1"],
+            r"trainer.gradient_clip_val=-1 is out of range: allowed >= 0 or null",
+        ),
+        (
+            ["data.test_subset=20000"],
+            r"data.test_subset=20000 is out of range: allowed integers 1..10000 or null",
+        ),
+        (["data.train_subset=60000"], r"data.train_subset=60000 is out of range: allowed integers 1..55000"),
+    ],
+)
+def test_values_that_would_train_nothing_or_cannot_be_are_refused(overrides: list[str], message: str):
+    from stn.utils.checks import check_config
+
+    cfg = compose_config("train.yaml", ["trainer.accelerator=cpu", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        check_config(cfg)
+        check_and_build(cfg)
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_process_group_with_dataloader_workers_is_the_sentence(
+    tmp_path: Path, mnist_dir: Path
+):
+    """What SLURM and most schedulers send: SIGTERM to every process of the group, the DataLoader
+    workers included. The workers must not die first and turn it into their traceback."""
+    import subprocess
+    import time
+
+    from .conftest import ROOT, TINY, cli_command, cli_env
+
+    run_dir = tmp_path / "run"
+    command = cli_command(
+        "stn.train", *TINY, "data.fast_path=false", "data.num_workers=2", "data.train_subset=2048",
+        "data.batch_size=32", "trainer.max_epochs=50", f"hydra.run.dir={run_dir}",
+    )  # fmt: skip
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=cli_env(mnist_dir), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, as a scheduler's job
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints" / "last.ckpt").exists():  # epoch 0 done: training, workers up
+        assert process.poll() is None and time.monotonic() < deadline, "the run ended before the signal"
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGTERM)
+    assert process.wait(timeout=60) == 143
+    stderr = process.stderr.read().decode()
+    assert "the run was stopped (SIGTERM)" in stderr and "is incomplete" in stderr
+    assert "killed by signal" not in stderr and "Traceback" not in stderr
