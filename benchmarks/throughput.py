@@ -42,7 +42,7 @@ from benchmarks.machine import describe_machine
 from stn.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
 from stn.models import ConvClassifier, LocalizationNet, SpatialTransformer, STNClassifier
 from stn.models.acceleration import compile_mode_for, to_channels_last
-from stn.utils.instantiators import instantiate_group
+from stn.utils.instantiators import build_model, instantiate_group
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
@@ -196,7 +196,7 @@ def project_path(data_dir: Path, steps: int, warmup: int, overrides: list[str]) 
             callbacks=[*instantiate_group(cfg.callbacks), timer],
             logger=instantiate_group(cfg.logger),
         )
-        trainer.fit(instantiate(cfg.model), datamodule=instantiate(cfg.data))
+        trainer.fit(build_model(cfg), datamodule=instantiate(cfg.data))
         return timer
 
 

@@ -21,7 +21,7 @@ from stn.errors import ConfigError, user_errors_reported
 from stn.loading import checkpoint_model, load_weights, run_config, zoo_model
 from stn.paths import CONF_DIR
 from stn.utils.checks import check_config
-from stn.utils.instantiators import build, instantiate_group
+from stn.utils.instantiators import build, build_model, instantiate_group
 from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         model = trained.module
     else:  # a checkpoint without its run folder: the model config is this command's
         check_config(cfg)
-        model = build(cfg, "model")
+        model = build_model(cfg)
         load_weights(
             model, checkpoint,
             why="; without its run folder the model it was trained with is not known: pass it, "

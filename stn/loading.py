@@ -24,7 +24,7 @@ from stn.errors import ConfigError, UserError
 from stn.paths import ZOO_DIR
 from stn.utils.checkpoints import read_checkpoint
 from stn.utils.files import MAX_CONFIG_BYTES, file_digest, read_text
-from stn.utils.instantiators import build
+from stn.utils.instantiators import build, build_model
 from stn.utils.runs import RUN_CONFIG, saved_config
 from stn.utils.untrusted import check_targets, load_untrusted
 
@@ -97,7 +97,7 @@ def _built(model_config: DictConfig, data_config: DictConfig, source: Path) -> L
     check_targets(cfg, source)
     cfg.model.compile = False  # speed options of the training machine, not of this one
     cfg.model.cuda_graph = False
-    return build(cfg, "model")
+    return build_model(cfg)
 
 
 def load_weights(module: torch.nn.Module, checkpoint: Path, why: str = "") -> None:

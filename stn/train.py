@@ -29,7 +29,7 @@ from stn.paths import CONF_DIR
 from stn.utils.checks import check_config
 from stn.utils.config_tree import show_config
 from stn.utils.files import write_atomically
-from stn.utils.instantiators import build, instantiate_group
+from stn.utils.instantiators import build, build_model, instantiate_group
 from stn.utils.parallel import apply_job_share
 from stn.utils.resume import apply_resume_point, finished_here
 from stn.utils.runs import remove_if_unused, run_lock
@@ -109,7 +109,7 @@ def _fit_and_test(
         cfg, Path(cfg.paths.output_dir) / "config_tree.log", print_it=bool(cfg.get("print_config", True))
     )
     datamodule = build(cfg, "data")
-    model = build(cfg, "model")
+    model = build_model(cfg)
     log.info("Parameters: %s", parameter_counts(model.net))
     callbacks = instantiate_group(cfg.get("callbacks"))
     trainer: L.Trainer = build(

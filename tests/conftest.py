@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.datasets import MNIST
 
 from stn.utils.checks import check_config
-from stn.utils.instantiators import build
+from stn.utils.instantiators import build, build_model
 
 # the template's RunIf: tests of the CUDA path run where there is a GPU and are skipped elsewhere;
 # every other test pins trainer.accelerator=cpu, so the suite means the same on both machines
@@ -73,7 +73,7 @@ def check_and_build(cfg: DictConfig) -> None:
     data and the model, whose constructors check their own values (stn/errors.py)."""
     check_config(cfg)
     build(cfg, "data")
-    build(cfg, "model")
+    build_model(cfg)
 
 
 def small_run(cfg: DictConfig, output_dir: Path, data_dir: Path, sizes: bool = True) -> DictConfig:

@@ -15,7 +15,7 @@ from stn.errors import ConfigError
 from stn.models.acceleration import compile_mode_for
 from stn.models.graphed_step import StaticShapeStep
 from stn.utils.checks import cpu_has_native_bf16
-from stn.utils.instantiators import instantiate_group
+from stn.utils.instantiators import build_model, instantiate_group
 
 from .conftest import check_and_build, compose_config, evaluate, run_rejected, small_run
 from .test_train import SMALL, run
@@ -198,7 +198,7 @@ def _fit(
     trainer = instantiate(
         cfg.trainer, callbacks=[rates, checkpoint, stop], logger=False, enable_progress_bar=False
     )
-    model = instantiate(cfg.model)
+    model = build_model(cfg)  # model.cuda_graph=true: the graphed step's subclass
     trainer.fit(model, datamodule=instantiate(cfg.data), ckpt_path=ckpt_path)
     return model, trainer, rates.rates
 

@@ -15,8 +15,8 @@ The optimizer's update stays outside (a few foreach kernels), so any optimizer a
 unchanged, learning-rate changes included. Without CUDA the same padded step runs eagerly: the
 same arithmetic, so it can be checked on a CPU.
 
-Pure PyTorch: the LightningModule's speed options (stn/models/speed.py) call it from a manual-optimization
-training step.
+Pure PyTorch: the graphed LightningModule (stn/models/graphed_module.py) calls it from a
+manual-optimization training step.
 """
 
 from __future__ import annotations

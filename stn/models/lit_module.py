@@ -13,17 +13,24 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from stn.errors import TrainingDiverged, check, numbers, one_of
+from stn.errors import Allowed, TrainingDiverged, check, numbers, one_of
+from stn.models.acceleration import (
+    COMPILE_MODES,
+    CUDA_GRAPH_MODES,
+    compile_failure,
+    compile_mode_for,
+    to_channels_last,
+)
 from stn.models.classifier import STNClassifier
-from stn.models.speed import Batch, SpeedOptions
 from stn.models.transformer import SpatialTransformer, WarpingTransformer
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
 TransformerFactory = Callable[[nn.Module], WarpingTransformer]  # localization -> transformer
+Batch = tuple[torch.Tensor, torch.Tensor]
 
 
-class STNLitModule(SpeedOptions, L.LightningModule):
+class STNLitModule(L.LightningModule):
     """Trains `classifier`, with the spatial transformer `transformer(localization)` in front of it
     when `localization` is given (`model=cnn`: none).
 
@@ -33,7 +40,12 @@ class STNLitModule(SpeedOptions, L.LightningModule):
     early in training.
 
     The training step never waits for the device: metrics accumulate on it, epoch metrics are
-    logged once per epoch. The speed options are stn/models/speed.py's.
+    logged once per epoch. Speed options: `channels_last` (NHWC weights and inputs: oneDNN's
+    convolution kernels on a CPU) and `compile` (`torch.compile` of the network in place, in
+    `configure_model`, so checkpoints keep their keys; a compiler that fails stops the run with one
+    sentence). The CUDA-graphed training step is the subclass `GraphedSTNLitModule`
+    (stn/models/graphed_module.py), which `model.cuda_graph=true` selects
+    (`stn.utils.instantiators.build_model`); this class takes `cuda_graph=false` only.
     """
 
     def __init__(
@@ -60,7 +72,13 @@ class STNLitModule(SpeedOptions, L.LightningModule):
         self.scheduler_factory = scheduler
         spatial_transformer = transformer(localization) if localization is not None else None
         self.net = STNClassifier(classifier, spatial_transformer)
-        self._init_speed(channels_last, compile, compile_mode, cuda_graph)
+        check(self, one_of(*COMPILE_MODES), compile_mode=compile_mode)
+        self._check_step(cuda_graph, compile)
+        if channels_last:
+            self.net.to(memory_format=torch.channels_last)
+        self._compiled = False
+        self._cuda_graphs = False  # compiled with CUDA graphs: each step marks its start
+        self._modes_compiled: set[bool] = set()  # `training` values whose first compiled call worked
 
         # validate_args=False and nan_strategy="disable": the checks read tensors on the host,
         # which would stall the GPU every step; labels come from the datamodule and a NaN loss
@@ -73,6 +91,39 @@ class STNLitModule(SpeedOptions, L.LightningModule):
             MeanMetric(nan_strategy="disable") for _ in range(3)
         )
         self.val_acc_best = MaxMetric()
+
+    def _check_step(self, cuda_graph: bool, compile: bool) -> None:
+        automatic = Allowed(
+            lambda v: not v, "false", "model.cuda_graph=true builds GraphedSTNLitModule instead"
+        )
+        check(self, automatic, cuda_graph=cuda_graph)
+
+    def configure_model(self) -> None:
+        if self.hparams.compile and not self._compiled:
+            device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+            # dynamic=False: a new batch size (an epoch's last, partial batch; validation) compiles
+            # one more static graph; a dynamic batch dimension fails in affine_grid's backward
+            mode = compile_mode_for(self.hparams.compile_mode, device)
+            # a new model starts from empty compiler caches: code compiled for an earlier model in
+            # this process (and its CUDA graph trees) must not serve this one with its weights
+            torch._dynamo.reset()
+            self.net.compile(mode=mode, dynamic=False)
+            self._compiled = True
+            self._cuda_graphs = mode in CUDA_GRAPH_MODES
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self._cuda_graphs:  # a new step: the graphs may reuse the previous step's output memory
+            torch.compiler.cudagraph_mark_step_begin()
+        if self.hparams.channels_last:
+            images = to_channels_last(images)
+        if not self._compiled or self.training in self._modes_compiled:
+            return self.net(images)
+        try:  # the first call in each mode compiles: a compiler failure becomes one clear error
+            logits = self.net(images)
+        except Exception as error:  # dynamo and inductor raise many types
+            raise compile_failure(error) from error
+        self._modes_compiled.add(self.training)
+        return logits
 
     def on_train_start(self) -> None:
         # the sanity check's validation must not count towards the best accuracy
@@ -101,9 +152,7 @@ class STNLitModule(SpeedOptions, L.LightningModule):
         acc.reset()
         return epoch_loss
 
-    def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> torch.Tensor:
-        if not self.automatic_optimization:
-            return self._graphed_training_step(batch if isinstance(batch, list) else [batch], batch_idx)
+    def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         loss = self._step(batch, self.train_loss, self.train_acc)
         # only where Lightning writes its logs: each `self.log` call costs ~1 ms of Python
         every = self.trainer.log_every_n_steps
@@ -112,9 +161,6 @@ class STNLitModule(SpeedOptions, L.LightningModule):
         return loss
 
     def on_train_epoch_end(self) -> None:
-        if not self.automatic_optimization:
-            self._graphed_epoch_end()
-            return
         self._check_finite(self._log_epoch("train", self.train_loss, self.train_acc))
 
     def _check_finite(self, loss: torch.Tensor) -> None:
@@ -144,6 +190,10 @@ class STNLitModule(SpeedOptions, L.LightningModule):
         if self.net.transformer is not None:
             groups.append({"params": list(self.net.transformer.parameters()), "name": "localization"})
         return groups
+
+    def _optimizer_steps(self) -> int:
+        """The run's optimizer steps: one per training call (Lightning's own estimate)."""
+        return int(self.trainer.estimated_stepping_batches)
 
     def _run_length_arguments(self, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         """What a one-cycle schedule left open (null) in its config, from the run itself: its
