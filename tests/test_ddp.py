@@ -10,18 +10,33 @@ import torch
 
 from stn.data.batching import DeviceBatches, EpochShuffle, InMemoryImages
 
-from .conftest import (
-    run,
-)
+from .conftest import TINY, run
 
 
 @pytest.mark.slow
 def test_ddp_sim_trains_on_two_processes(tmp_path: Path, mnist_dir: Path):
+    """Two ranks train one run; its test accuracy is what both ranks' halves of the test set add
+    up to: the same checkpoint scored on the whole test set in one process gives the same number."""
+    from stn.loading import checkpoint_model
+
     run_dir = tmp_path / "run"
-    process = run("stn.train", "trainer=ddp_sim", "debug=fdr", f"hydra.run.dir={run_dir}", data_dir=mnist_dir)
+    process = run(
+        "stn.train", "trainer=ddp_sim", *TINY, "data.train_subset=4096", "data.test_subset=200",
+        f"hydra.run.dir={run_dir}",
+        data_dir=mnist_dir,
+    )  # fmt: skip
     output = process.stdout + process.stderr
     assert "GLOBAL_RANK: 0, MEMBER: 1/2" in output and "GLOBAL_RANK: 1, MEMBER: 2/2" in output
-    assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] >= 0.0
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    trained = checkpoint_model(Path(metrics["best_model_path"]))
+    datamodule = trained.datamodule(data_dir=str(mnist_dir), test_subset=200)
+    datamodule.prepare_data()
+    datamodule.setup("test")
+    images, labels = datamodule.test_set.batch(slice(None))
+    with torch.no_grad():
+        accuracy = (trained.network(images).argmax(1) == labels).float().mean().item()
+    assert metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
+    assert 0.3 < accuracy < 1.0  # it learned in one small epoch, and scored the 200 images
 
 
 def _dataset(count: int) -> InMemoryImages:
