@@ -1,7 +1,7 @@
 # Everyday commands. The fast lane skips tests marked `slow` (pyproject.toml); test-all is CI's.
 PYTHON ?= python
 
-.PHONY: test test-all lint format
+.PHONY: test test-all lint format slurm-up slurm-down
 
 test:  ## the fast lane: every module, no subprocess or multi-epoch tests (~3 min on 2 cores)
 	$(PYTHON) -m pytest
@@ -16,3 +16,9 @@ lint:
 format:
 	$(PYTHON) -m ruff check --fix .
 	$(PYTHON) -m ruff format .
+
+slurm-up:  ## a one-machine SLURM cluster (apt install if needed; partition debug; config in .slurm/)
+	bash tools/slurm.sh up
+
+slurm-down:
+	bash tools/slurm.sh down

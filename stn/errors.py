@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -36,7 +37,11 @@ class RunInterrupted(UserError):
 
     def __init__(self, message: str, signal_number: int) -> None:
         super().__init__(message)
-        self.exit_code = 128 + signal_number
+        self.signal_number = int(signal_number)
+        self.exit_code = 128 + self.signal_number
+
+    def __reduce__(self) -> tuple:  # a sweep's launcher pickles a job's result, errors included
+        return type(self), (str(self), self.signal_number)
 
 
 class TrainingDiverged(UserError):
@@ -213,6 +218,11 @@ def user_errors_reported() -> Iterator[None]:
             if user_error is None:
                 log.debug("traceback", exc_info=True)
             log.error("%s", user_error or f"{type(error).__name__}: {error}")
+            if isinstance(user_error, RunInterrupted) and os.environ.get("SLURM_JOB_ID"):
+                # a SLURM job stopped by the scheduler (requeue, pre-emption, scancel) ends with no
+                # result: submitit then waits for the requeued job, which resumes from last.ckpt,
+                # instead of recording this attempt as the job's end
+                raise SystemExit(user_error.exit_code) from None
             raise
         if user_error is None:
             raise

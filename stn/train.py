@@ -63,9 +63,9 @@ def stopped_runs_reported(trainer: L.Trainer, cfg: DictConfig, testing: bool = F
         yield
     except SIGTERMException:
         stopped = signal.SIGTERM
-    except SystemExit:  # Lightning's sys.exit(1) after a KeyboardInterrupt
-        if not trainer.interrupted:
-            raise
+    except SystemExit as exit:  # Lightning's sys.exit(1) after a KeyboardInterrupt
+        if not isinstance(exit.__context__, KeyboardInterrupt):
+            raise  # another's exit (submitit's after it requeued a timed-out job): left as it is
         stopped = signal.SIGINT
     else:
         return

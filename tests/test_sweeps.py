@@ -191,7 +191,13 @@ def test_slurm_launcher_config_requeues_on_preemption():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.max_num_timeout > 0 and launcher.additional_parameters.requeue is True
-    assert launcher.gpus_per_task == 1 and "partition" in launcher and launcher.timeout_min > 0
+    assert launcher.gpus_per_task is None and "partition" in launcher and launcher.timeout_min > 0
+    assert launcher.cpus_per_task == 1  # num_threads unset: one CPU, one torch thread
+    # a GPU per task only when the trainer trains on GPUs; the job's CPUs are its torch threads
+    on_gpus = compose_config(
+        "train.yaml", ["hydra/launcher=slurm", "trainer=gpu", "num_threads=6"]
+    ).hydra.launcher
+    assert on_gpus.gpus_per_task == 1 and on_gpus.cpus_per_task == 6
 
 
 def test_job_share_splits_cores_and_gpus():

@@ -17,6 +17,16 @@ os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
 # cached in the config, so every job of a sweep (and a requeued job) resolves the same folder
 OmegaConf.register_new_resolver("new_dir", new_run_dir, use_cache=True, replace=True)
+# what a SLURM job asks for (conf/hydra/launcher/slurm.yaml): a GPU per task only for a GPU trainer,
+# and as many CPUs as the job's torch threads
+OmegaConf.register_new_resolver(
+    "slurm_gpus_per_task",
+    lambda accelerator: 1 if str(accelerator) in ("gpu", "cuda") else None,
+    replace=True,
+)
+OmegaConf.register_new_resolver(
+    "slurm_cpus_per_task", lambda num_threads: int(num_threads) if num_threads else 1, replace=True
+)
 # the run's name after its time: its data and model choices and its overrides (conf/hydra/default.yaml)
 OmegaConf.register_new_resolver("run_label", run_label, use_cache=True, replace=True)
 

@@ -199,10 +199,12 @@ def saved_config(run_dir: Path, record: str = ".hydra", paths: dict | None = Non
     if paths is not None:
         config.paths = paths
     hydra_file = run_dir / record / "hydra.yaml"
-    # where Hydra was to write (`hydra.run`, `hydra.sweep`: `${new_dir:...}`) is not needed to read
-    # the run back, and is left out rather than resolved
+    # where Hydra was to write (`hydra.run`, `hydra.sweep`: `${new_dir:...}`) and how it launched
+    # the job (`hydra.launcher`) are not needed to read the run back, and are left out, not resolved
     hydra_record = (
-        load_untrusted(hydra_file, leave_out=("hydra.run", "hydra.sweep")) if hydra_file.is_file() else None
+        load_untrusted(hydra_file, leave_out=("hydra.run", "hydra.sweep", "hydra.launcher"))
+        if hydra_file.is_file()
+        else None
     )
     setup_globals()  # Hydra's resolvers (`hydra`, `now`), registered as a Hydra app does
     holder = HydraConfig.instance()

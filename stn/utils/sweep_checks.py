@@ -111,6 +111,58 @@ def check_sweep(cfg: DictConfig) -> None:
             check_space(override.key_or_group, override.value())
 
 
+SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+
+
+def _sinfo(*fields: str) -> list[list[str]]:
+    """`sinfo`'s rows (one per partition and node state) with `fields`; ConfigError in one
+    sentence when SLURM is not installed or its controller does not answer."""
+    import shutil
+    import subprocess
+
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        raise ConfigError(
+            "hydra/launcher=slurm submits with SLURM's sbatch, which this machine does not have; run the "
+            "sweep on a cluster's login node, or try it here with make slurm-up"
+        )
+    try:
+        answer = subprocess.run(
+            ["sinfo", "-h", "-o", "|".join(fields)], capture_output=True, text=True, timeout=20, check=False
+        )
+    except subprocess.TimeoutExpired:
+        answer = None
+    if answer is None or answer.returncode != 0:
+        why = (answer.stderr.strip().splitlines() or ["no answer"])[-1] if answer else "no answer in 20 s"
+        raise ConfigError(f"the SLURM cluster does not answer (sinfo: {why}); is it up? (make slurm-up here)")
+    return [line.split("|") for line in answer.stdout.splitlines() if line.strip()]
+
+
+def check_slurm(cfg: DictConfig) -> None:
+    """Before a SLURM sweep submits anything: the cluster answers, the partition exists, and a node
+    of it has the CPUs a job asks for (else sbatch refuses each job with a traceback, or the jobs
+    wait forever)."""
+    launcher = OmegaConf.select(cfg, "hydra.launcher", default=None)
+    if launcher is None or launcher.get("_target_") != SLURM_LAUNCHER:
+        return
+    rows = _sinfo("%R", "%c")  # partition, CPUs per node
+    partitions = {
+        partition: max(int(c.rstrip("+")) for p, c in rows if p == partition) for partition, _ in rows
+    }
+    partition = launcher.get("partition")
+    if partition is not None and str(partition) not in partitions:
+        raise ConfigError(
+            f"hydra.launcher.partition={partition} is not a partition of this SLURM cluster; "
+            f"allowed: {' | '.join(sorted(partitions))}"
+        )
+    cpus = int(launcher.get("cpus_per_task") or 1) * int(launcher.get("tasks_per_node") or 1)
+    most = partitions.get(str(partition), max(partitions.values(), default=0))
+    if cpus > most:
+        raise ConfigError(
+            f"a job asks for {cpus} CPUs (hydra.launcher.cpus_per_task x tasks_per_node), but the nodes of "
+            f"partition {partition} have {most}; lower num_threads (cpus_per_task follows it)"
+        )
+
+
 def descendants(pid: int) -> list[int]:
     """Every process below `pid` (its children, theirs, ...), from /proc; [] where there is none."""
     parents: dict[int, int] = {}
@@ -163,6 +215,7 @@ class SweepChecks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         try:
             check_sweep(config)
+            check_slurm(config)
         except ConfigError as error:
             # a sentence, not a traceback from inside Hydra
             raise SystemExit(f"error: {error}") from None

@@ -1,0 +1,172 @@
+"""Sweeps on a real SLURM cluster (`make slurm-up`: one node, partition `debug`): a sweep that waits
+for its jobs and records a failing one, a job requeued mid-epoch and one past its time limit that
+both go on from their last checkpoint in their own folder, DDP across two SLURM tasks in one run
+folder, and the faults that must be one sentence. Marked `slurm` (and slow); skipped with the
+reason where `sinfo` does not answer. CI starts the cluster first (.ci/run)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import TINY, assert_one_sentence_error, cli_command, cli_env, jobs_of, multirun, run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cluster_answers() -> str:
+    """'' when a SLURM cluster with partition debug answers here, else why not."""
+    if shutil.which("sinfo") is None:
+        return "SLURM is not installed (make slurm-up installs and starts a one-machine cluster)"
+    try:
+        answer = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%T"], capture_output=True, text=True,
+                                timeout=20)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return "sinfo did not answer in 20 s"
+    if answer.returncode != 0 or not answer.stdout.strip():
+        why = answer.stderr.strip() or "sinfo printed nothing"
+        return f"no SLURM partition debug answers ({why}); make slurm-up"
+    return ""
+
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.skipif(bool(_cluster_answers()), reason=_cluster_answers() or "a SLURM cluster answers"),
+]
+ON_SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug"]
+
+
+def _epochs_with_train_loss(job: Path) -> list[int]:
+    rows = list(csv.DictReader((job / "csv" / "metrics.csv").open()))
+    return [int(float(row["epoch"])) for row in rows if row.get("train/loss")]
+
+
+def _job_ids() -> list[str]:
+    return subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True).stdout.split()
+
+
+def _start_requeued_jobs_now(stop: threading.Event) -> None:
+    """SLURM holds a requeued job back (BeginTime) for about two minutes; a test cannot wait that
+    long, so each requeued job is released as soon as it is pending again."""
+    while not stop.is_set():
+        listing = subprocess.run(["squeue", "-h", "-o", "%i %T %r"], capture_output=True, text=True).stdout
+        for line in listing.splitlines():
+            job, state, reason = (line.split() + ["", "", ""])[:3]
+            if state == "PENDING" and reason == "BeginTime":
+                subprocess.run(["scontrol", "update", f"jobid={job}", "StartTime=now"], capture_output=True)
+        stop.wait(0.5)
+
+
+def test_a_slurm_sweep_waits_for_its_jobs_and_records_a_failing_one(tmp_path: Path, mnist_dir: Path):
+    from stn.summarize import load_jobs
+    from stn.summarize import main as summarize
+
+    sweep = tmp_path / "sweep"
+    process, jobs = multirun(
+        *ON_SLURM, *TINY, "model.optimizer.lr=0.01,1e6", sweep=sweep, data_dir=mnist_dir, check=False
+    )
+    assert len(jobs) == 2 and (jobs[0] / "metrics.json").is_file()  # returned once both were done
+    assert not (jobs[1] / "metrics.json").exists()
+    assert [job.status for job in load_jobs(sweep)] == ["ok", "diverged"]
+    assert "training diverged" in load_jobs(sweep)[1].error
+    assert "torch threads: 1" in (jobs[0] / "train.log").read_text()  # cpus_per_task follows num_threads
+    assert summarize([str(sweep)]) == 0 and (sweep / "summary.md").is_file()
+    assert list((sweep / ".submitit").glob("*/*_submission.sh"))  # through sbatch, not in process
+    assert "--gpus-per-task" not in next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
+
+
+def test_a_requeued_job_goes_on_from_its_last_checkpoint_in_its_folder(tmp_path: Path, mnist_dir: Path):
+    sweep = tmp_path / "sweep"
+    command = cli_command(
+        "stn.train", "--multirun", *ON_SLURM, *TINY, "data.train_subset=8192", "trainer.max_epochs=4",
+        "seed=0", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    stop = threading.Event()
+    releaser = threading.Thread(target=_start_requeued_jobs_now, args=(stop,), daemon=True)
+    releaser.start()
+    try:
+        process = subprocess.Popen(command, cwd=ROOT, env=cli_env(mnist_dir), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE, text=True)  # fmt: skip
+        deadline = time.monotonic() + 240
+        while not (sweep / "0" / "checkpoints" / "last.ckpt").exists():  # in epoch 1 or later
+            assert process.poll() is None and time.monotonic() < deadline, "the job ended before the requeue"
+            time.sleep(0.2)
+        (job,) = _job_ids()
+        requeued = time.monotonic()
+        subprocess.run(["scontrol", "requeue", job], check=True)
+        assert process.wait(timeout=400) == 0, process.stderr.read()[-3000:]
+    finally:
+        stop.set()
+    assert jobs_of(sweep) == [sweep / "0"]  # the same folder, no second one
+    log = (sweep / "0" / "train.log").read_text()
+    assert "stopped (SIGTERM)" in log and "resuming from it" in log
+    assert _epochs_with_train_loss(sweep / "0") == [0, 1, 2, 3]  # every epoch once: a continuous history
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    assert metrics["test/acc"] > 0.5 and time.monotonic() - requeued < 400
+
+
+def test_a_job_past_its_time_limit_is_signalled_requeued_and_finishes(tmp_path: Path, mnist_dir: Path):
+    """timeout_min=1 and the signal 30 s before it: submitit checkpoints and requeues the job at
+    30 s, and the requeued job resumes from last.ckpt and finishes every epoch."""
+    sweep = tmp_path / "sweep"
+    stop = threading.Event()
+    releaser = threading.Thread(target=_start_requeued_jobs_now, args=(stop,), daemon=True)
+    releaser.start()
+    try:
+        _, jobs = multirun(
+            *ON_SLURM, "hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30", *TINY,
+            "data.train_subset=16384", "trainer.max_epochs=6", "seed=0", sweep=sweep, data_dir=mnist_dir,
+        )  # fmt: skip
+    finally:
+        stop.set()
+    (job,) = jobs
+    assert "resuming from it" in (job / "train.log").read_text()
+    submitit_logs = "".join(path.read_text() for path in (sweep / ".submitit").glob("*/*_log.*"))
+    assert "this job is timed-out" in submitit_logs
+    assert _epochs_with_train_loss(job) == [0, 1, 2, 3, 4, 5]
+    assert (job / "metrics.json").is_file()
+
+
+def test_ddp_across_two_slurm_tasks_is_one_run_in_one_folder(tmp_path: Path, mnist_dir: Path):
+    sweep = tmp_path / "sweep"
+    _, jobs = multirun(
+        *ON_SLURM, "hydra.launcher.tasks_per_node=2", "trainer=ddp_sim", *TINY, "data.train_subset=2048",
+        "seed=0", sweep=sweep, data_dir=mnist_dir,
+    )  # fmt: skip
+    assert jobs == [sweep / "0"] and (sweep / "0" / "metrics.json").is_file()
+    assert [p.name for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")] == ["0"]
+    task_logs = sorted((sweep / ".submitit").glob("*/*_log.err"))
+    assert len(task_logs) == 2  # two SLURM tasks, each its own process and log
+    texts = [log.read_text() for log in task_logs]
+    assert any("GLOBAL_RANK: 0, MEMBER: 1/2" in t for t in texts)
+    assert any("GLOBAL_RANK: 1, MEMBER: 2/2" in t for t in texts)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["hydra.launcher.partition=nope"],
+            "hydra.launcher.partition=nope is not a partition of this SLURM cluster; allowed: debug",
+        ),
+        (["hydra.launcher.partition=debug", "num_threads=999"], "a job asks for 999 CPUs"),
+    ],
+)
+def test_a_sweep_the_cluster_cannot_run_is_one_sentence_and_writes_nothing(
+    overrides: list[str], message: str, tmp_path: Path, mnist_dir: Path
+):
+    sweep = tmp_path / "sweep"
+    process = run(
+        "stn.train", "--multirun", "hydra/launcher=slurm", *overrides, "seed=0,1", f"hydra.sweep.dir={sweep}",
+        data_dir=mnist_dir, check=False,
+    )  # fmt: skip
+    assert_one_sentence_error(process, message)
+    assert not sweep.exists()
