@@ -89,8 +89,11 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
             }
             job = Job(run.path, overrides, metrics)
             if not job.finished:
-                bad = ", ".join(f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v))
-                job.error = f"metrics that are not numbers: {bad}"
+                # what the project writes besides numbers: the best checkpoint's path
+                words = {k: v for k, v in run_metrics.items() if k not in metrics and k != "best_model_path"}
+                bad = [f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v)]
+                bad += [f"{k}={str(v)[:40]!r}" for k, v in words.items()]
+                job.error = f"metrics that are not numbers: {', '.join(bad) or 'none of them is a number'}"
             jobs.append(job)
         else:
             jobs.append(Job(run.path, overrides, error=job_error(run.path)))
@@ -127,15 +130,42 @@ def table_rows(jobs: list[Job], keys: list[str], metrics: list[str]) -> list[lis
     return rows
 
 
+def one_line(cell: str) -> str:
+    """A value as one line: a newline in an override or an error would split its table row."""
+    return " ".join(str(cell).splitlines())
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A CSV cell a spreadsheet shows as written: one that starts with =, +, -, @ (or a tab or
+    carriage return) and is not a number would be evaluated as a formula, so it gets a leading
+    apostrophe, as OWASP's CSV-injection advice and the spreadsheets themselves do."""
+    cell = one_line(cell)
+    if cell and cell[0] in "=+-@\t\r" and _number(cell) is None:
+        return "'" + cell
+    return cell
+
+
+def markdown_cell(cell: str) -> str:
+    """A cell of summary.md: one line, its HTML shown as text, its | not a column break."""
+    return html.escape(one_line(cell), quote=False).replace("|", "\\|")
+
+
+def code_span(text: str) -> str:
+    """`text` as a Markdown code span (shown as written, HTML included), on one line; a backtick in
+    it would end the span, so it is shown as an apostrophe."""
+    return "`" + one_line(text).replace("`", "'") + "`"
+
+
 def write_tables(
     jobs: list[Job], keys: list[str], metrics: list[str], out: Path, preamble: str = ""
 ) -> tuple[Path, Path]:
     header = ["job", "status", *keys, *metrics, "error"]
     rows = table_rows(jobs, keys, metrics)
     csv_path = out / "summary.csv"
-    write_atomically(csv_path, csv_text([header, *rows]))
+    write_atomically(csv_path, csv_text([[spreadsheet_safe(c) for c in row] for row in [header, *rows]]))
     md_path = out / "summary.md"
-    escape = [[cell.replace("|", "\\|") for cell in row] for row in rows]
+    escape = [[markdown_cell(cell) for cell in row] for row in [header, *rows]]
+    header, escape = escape[0], escape[1:]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in escape]
     write_atomically(md_path, preamble + "\n".join(lines) + "\n")
@@ -324,9 +354,9 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     fixed, command = fixed_overrides(readable, keys), sweep_command(args.sweep_dir)
-    preamble = (f"Command: `{command}`\n\n" if command else "") + (
+    preamble = (f"Command: {code_span(command)}\n\n" if command else "") + (
         "Fixed for every job: "
-        + (", ".join(f"`{k}={v}`" for k, v in fixed.items()) or "nothing beyond the defaults")
+        + (", ".join(code_span(f"{k}={v}") for k, v in fixed.items()) or "nothing beyond the defaults")
         + "\n\n"
     )
     written = [*write_tables(jobs, keys, metrics, out, preamble), write_plot(jobs, keys, metric, out)]

@@ -134,3 +134,65 @@ def test_sigterm_to_the_process_group_with_dataloader_workers_is_the_sentence(
     stderr = process.stderr.read().decode()
     assert "the run was stopped (SIGTERM)" in stderr and "is incomplete" in stderr
     assert "killed by signal" not in stderr and "Traceback" not in stderr
+
+
+@pytest.mark.parametrize(
+    ("n_trials", "direction", "storage", "message"),
+    [
+        (0, "maximize", None, "hydra.sweeper.n_trials=0 is out of range: allowed integers >= 1"),
+        (-3, "maximize", None, "hydra.sweeper.n_trials=-3 is out of range"),
+        (
+            5,
+            "sideways",
+            None,
+            "hydra.sweeper.direction=sideways is out of range: allowed minimize | maximize",
+        ),
+        (5, "maximize", "postgresql://db/x", "allowed sqlite:///<file> or null"),
+        (5, "maximize", "sqlite:///NOT_SQLITE", "is not a SQLite database"),
+        (5, "maximize", "sqlite:///MISSING/study.db", "does not exist"),
+    ],
+)
+def test_an_optuna_study_that_cannot_run_is_refused_before_its_first_trial(
+    n_trials, direction: str, storage: str | None, message: str, tmp_path: Path
+):
+    from stn.utils.optuna_sweep import check_sweeper
+
+    (tmp_path / "text.db").write_text("not a database")
+    if storage:
+        storage = storage.replace("NOT_SQLITE", str(tmp_path / "text.db")).replace(
+            "MISSING", str(tmp_path / "no")
+        )
+    with pytest.raises(ConfigError, match=message):
+        check_sweeper(n_trials, [direction], storage)
+    check_sweeper(5, ["maximize"], f"sqlite:///{tmp_path / 'new.db'}")  # a new file in a folder that exists
+
+
+def test_the_summary_neutralises_formulas_html_and_row_breaks(finished_run: Path, tmp_path: Path):
+    import csv
+    import json
+    import shutil
+
+    from stn.summarize import main as summarize
+
+    sweep = tmp_path / "sweep"
+    values = ['=HYPERLINK("http://x")', "<img src=x onerror=alert(1)>", "a|b\nc", "-0.5"]
+    for job, value in enumerate(values):
+        shutil.copytree(finished_run, sweep / str(job))
+        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text(json.dumps([f"tags={value}"]))
+    strings = json.loads((sweep / "3" / "metrics.json").read_text())
+    (sweep / "3" / "metrics.json").write_text(json.dumps({k: "high" for k in strings}))
+    deep = sweep / "2" / "metrics.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    assert summarize([str(sweep)]) == 0
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    tags = {row["job"]: row["tags"] for row in rows}
+    assert tags["0"] == '\'=HYPERLINK("http://x")'  # shown as text, not evaluated
+    assert tags["3"] == "-0.5"  # a number stays a number
+    table = (sweep / "summary.md").read_text()
+    assert "<img" not in table and "&lt;img" in table
+    job_rows = [line for line in table.splitlines() if line.startswith(("| 0 ", "| 1 ", "| 2 ", "| 3 "))]
+    assert len(job_rows) == 4 and len(table.splitlines()) == 3 + 1 + 4  # no newline splits a row
+    assert "a\\|b c" in table
+    errors = {row["job"]: row["error"] for row in rows}
+    assert "nests deeper than any metrics file" in errors["2"]
+    assert "metrics that are not numbers: " in errors["3"] and "test/acc='high'" in errors["3"]

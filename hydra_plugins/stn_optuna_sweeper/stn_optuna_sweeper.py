@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
-from stn.utils.optuna_sweep import create_study, directions_of
+from stn.errors import ConfigError
+from stn.utils.optuna_sweep import check_sweeper, create_study, directions_of
 
 
 class StnOptunaSweeper(OptunaSweeper):
@@ -14,8 +15,18 @@ class StnOptunaSweeper(OptunaSweeper):
 
     def sweep(self, arguments: list[str]) -> None:
         impl = self.sweeper
-        if impl.storage:
-            create_study(impl.storage, impl.study_name, directions_of(impl.direction))
+        try:
+            check_sweeper(impl.n_trials, directions_of(impl.direction), impl.storage)
+            if impl.storage:
+                create_study(impl.storage, impl.study_name, directions_of(impl.direction))
+        except ConfigError as error:
+            raise SystemExit(f"error: {error}") from None
+        except Exception as error:  # the database itself (locked, read-only, a driver missing)
+            first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            storage = f"hydra.sweeper.storage={impl.storage}"
+            raise SystemExit(
+                f"error: the Optuna storage {storage} cannot be opened ({first[:200]})"
+            ) from None
         try:
             return super().sweep(arguments)
         except ValueError as error:

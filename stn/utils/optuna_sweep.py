@@ -8,16 +8,21 @@ sweeper itself is a Hydra plugin, so it lives in hydra_plugins/stn_optuna_sweepe
   the other loads it instead of failing on the database's uniqueness check.
 - A study whose every trial failed ends with one sentence saying so and where the errors are,
   not Optuna's "No trials are completed yet".
+- A study that cannot run as asked (no trials, an unknown direction, a storage that is not a
+  SQLite file) is refused in one sentence before its first trial (`check_sweeper`).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import optuna
 from omegaconf import ListConfig
 from optuna.samplers import TPESampler
+
+from stn.errors import ConfigError
 
 
 class ResumingTPESampler(TPESampler):
@@ -40,6 +45,38 @@ def directions_of(direction: Any) -> list[str]:
     """`hydra.sweeper.direction` (a direction or a list of them, names or Hydra's enum) as names."""
     directions = list(direction) if isinstance(direction, (list, tuple, ListConfig)) else [direction]
     return [str(getattr(d, "name", d)) for d in directions]
+
+
+DIRECTIONS = ("minimize", "maximize")
+
+
+def check_sweeper(n_trials: Any, directions: list[str], storage: str | None) -> None:
+    """ConfigError, before the first trial, for a study that cannot run as asked: no trials, a
+    direction Optuna does not know, or a storage that is not a SQLite file this machine can open."""
+    if not (isinstance(n_trials, int) and not isinstance(n_trials, bool) and n_trials >= 1):
+        raise ConfigError(f"hydra.sweeper.n_trials={n_trials} is out of range: allowed integers >= 1")
+    for direction in directions:
+        if direction.lower() not in DIRECTIONS:
+            raise ConfigError(
+                f"hydra.sweeper.direction={direction} is out of range: allowed {' | '.join(DIRECTIONS)}"
+            )
+    if not storage:
+        return
+    if not str(storage).startswith("sqlite:///"):
+        raise ConfigError(
+            f"hydra.sweeper.storage={storage} is out of range: allowed sqlite:///<file> or null (in memory); "
+            "other databases need their own driver and server, which this project does not set up"
+        )
+    path = Path(str(storage).removeprefix("sqlite:///"))
+    if path.exists() and not path.is_file():
+        raise ConfigError(f"hydra.sweeper.storage={storage}: {path} is not a file")
+    if path.is_file():
+        with path.open("rb") as file:
+            header = file.read(16)
+        if header and header != b"SQLite format 3\x00":
+            raise ConfigError(f"hydra.sweeper.storage={storage}: {path} is not a SQLite database")
+    elif not path.parent.is_dir():
+        raise ConfigError(f"hydra.sweeper.storage={storage}: its folder {path.parent} does not exist")
 
 
 def create_study(storage: str, study_name: str | None, directions: list[str], attempts: int = 10) -> None:
