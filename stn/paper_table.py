@@ -57,6 +57,7 @@ MODELS = {
     "paper_cnn": "CNN (paper's shape)",
     "paper_stn": "ST-CNN Aff (paper's shape)",
     "paper_ic_stn": "IC-STN Aff (paper's shape)",
+    "paper_stn_tps": "ST-CNN TPS (paper's shape)",
 }
 # test error %, Jaderberg et al. 2015: table 1 (R, RTS, P, E; FCN, ST-FCN Aff, CNN, ST-CNN Aff,
 # Proj, TPS) and the 60x60 cluttered MNIST (TC) results in its text (sec. 4.1: "an FCN gets 13.2%
@@ -69,10 +70,14 @@ PAPER = {
     "stn_proj": {"R": 0.8, "RTS": 0.6, "P": 0.8, "E": 1.3},
     "stn_tps": {"R": 0.7, "RTS": 0.5, "P": 0.8, "E": 1.1},
 }
-PAPER["paper_cnn"], PAPER["paper_stn"] = (
+PAPER["paper_cnn"], PAPER["paper_stn"], PAPER["paper_stn_tps"] = (
     PAPER["cnn"],
     PAPER["stn"],
+    PAPER["stn_tps"],
 )  # the same models, as the paper built them
+# the best public re-implementation's STN (Esteves et al., Polar Transformer Networks, ICLR 2018,
+# table 2; about 150k parameters), test error %
+POLAR_TRANSFORMER_STN = {"R": 0.61, "RTS": 0.54}
 
 
 @dataclass
