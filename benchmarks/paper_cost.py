@@ -21,8 +21,8 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from stn.models import parameter_counts
 from stn.paths import CONF_DIR
-from stn.train import parameter_counts
 
 MODELS = ("cnn", "stn", "ic_stn", "paper_cnn", "paper_stn", "paper_ic_stn")
 TRAIN_IMAGES = 55_000

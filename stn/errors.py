@@ -197,7 +197,7 @@ def user_error_in(error: BaseException) -> UserError | None:
     return None
 
 
-def _in_multirun() -> bool:
+def in_multirun() -> bool:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -214,7 +214,7 @@ def user_errors_reported() -> Iterator[None]:
         yield
     except Exception as error:
         user_error = user_error_in(error)
-        if _in_multirun():
+        if in_multirun():
             if user_error is None:
                 log.debug("traceback", exc_info=True)
             log.error("%s", user_error or f"{type(error).__name__}: {error}")
@@ -228,3 +228,34 @@ def user_errors_reported() -> Iterator[None]:
             raise
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(getattr(user_error, "exit_code", 1))
+
+
+# -- Hydra's refusals as one sentence: what Hydra writes to stderr before a command's task starts is
+# held, and shown only if no sentence can be said instead (stn/entry.py) --
+
+_held: list[Any] = []  # [the real stderr, the buffer] while held
+
+
+def hold_stderr() -> None:
+    """Hold what is written to stderr until `release_stderr` (the task starts, a sweep begins)."""
+    if not _held:
+        import io
+
+        _held.extend([sys.stderr, io.StringIO()])
+        sys.stderr = _held[1]
+
+
+def release_stderr(show: bool = True) -> str:
+    """Back to the real stderr (with what was held written to it, if `show`); returns what was held."""
+    if not _held:
+        return ""
+    real, buffer = _held
+    _held.clear()
+    sys.stderr = real
+    if show and buffer.getvalue():
+        real.write(buffer.getvalue())
+    return buffer.getvalue()
+
+
+def stderr_held() -> bool:
+    return bool(_held)

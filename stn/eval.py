@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from pathlib import Path
 
-import hydra
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
 
-from stn.errors import ConfigError, user_errors_reported
+from stn.entry import entry
+from stn.errors import ConfigError
 from stn.loading import checkpoint_model, load_weights, run_config, zoo_model
-from stn.paths import CONF_DIR
 from stn.utils.checks import check_config
 from stn.utils.instantiators import build, build_model, instantiate_group
-from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)
 
@@ -85,17 +82,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="eval.yaml")
-def main(cfg: DictConfig) -> float | None:
-    with user_errors_reported():
-        metrics = evaluate(cfg)
+def eval_task(cfg: DictConfig) -> float | None:
+    metrics = evaluate(cfg)
     return metrics.get("test/acc")
 
 
-def cli() -> None:
-    """`stn-eval` and `python -m stn.eval`: a misspelled key gets the nearest valid ones first."""
-    check_single_run_keys(CONF_DIR, "eval.yaml", sys.argv[1:])
-    main()
+cli = entry("eval.yaml", eval_task)  # `stn-eval`, and `python -m stn.eval` below
 
 
 if __name__ == "__main__":

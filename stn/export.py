@@ -21,19 +21,16 @@ import copy
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
-from stn.errors import Allowed, ConfigError, UserError, check_value, integers, one_of, user_errors_reported
+from stn.entry import entry
+from stn.errors import Allowed, ConfigError, UserError, check_value, integers, one_of
 from stn.loading import TrainedModel, trained_model
-from stn.paths import CONF_DIR
 from stn.utils.files import write_atomically
-from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)
 
@@ -197,16 +194,7 @@ def export(cfg: DictConfig) -> dict[str, object]:
     return report
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="export.yaml")
-def main(cfg: DictConfig) -> None:
-    with user_errors_reported():
-        export(cfg)
-
-
-def cli() -> None:
-    """`stn-export` and `python -m stn.export`: a misspelled key gets the nearest valid ones first."""
-    check_single_run_keys(CONF_DIR, "export.yaml", sys.argv[1:])
-    main()
+cli = entry("export.yaml", export)  # `stn-export`, and `python -m stn.export` below
 
 
 if __name__ == "__main__":

@@ -14,19 +14,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError, UserError
 from stn.paths import ZOO_DIR
-from stn.utils.checkpoints import read_checkpoint
 from stn.utils.files import MAX_CONFIG_BYTES, file_digest, read_text
 from stn.utils.instantiators import build, build_model
 from stn.utils.runs import RUN_CONFIG, saved_config
 from stn.utils.untrusted import check_targets, load_untrusted
+
+if TYPE_CHECKING:  # imported where a model is built: `stn.zoo list` and the manifest need neither
+    import lightning as L
+    import torch
 
 MANIFEST = "manifest.json"
 MAX_ZOO_FILE_BYTES = 256 << 20  # a zoo model's weights or config (the largest today: 0.8 MB)
@@ -102,6 +103,8 @@ def _built(model_config: DictConfig, data_config: DictConfig, source: Path) -> L
 
 def load_weights(module: torch.nn.Module, checkpoint: Path, why: str = "") -> None:
     """`checkpoint`'s weights into `module`; one sentence if they do not fit (`why` says what to do)."""
+    from stn.utils.checkpoints import read_checkpoint
+
     try:
         module.load_state_dict(read_checkpoint(checkpoint)["state_dict"])
     except RuntimeError as error:

@@ -18,22 +18,19 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import torch
 from omegaconf import DictConfig
 from PIL import Image, ImageDraw
 
 from stn.data.images import ImageError, image_files, read_grey, to_canvas
-from stn.errors import Allowed, ConfigError, UserError, check_value, integers, user_errors_reported
+from stn.entry import entry
+from stn.errors import Allowed, ConfigError, UserError, check_value, integers
 from stn.geometry import canvas_corners, sampled_region, to_pixels
 from stn.loading import TrainedModel, trained_model
-from stn.paths import CONF_DIR
 from stn.utils.files import csv_text, write_atomically
-from stn.utils.sweep_checks import check_single_run_keys
 
 log = logging.getLogger(__name__)
 
@@ -228,16 +225,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     return results
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="predict.yaml")
-def main(cfg: DictConfig) -> None:
-    with user_errors_reported():
-        predict(cfg)
-
-
-def cli() -> None:
-    """`stn-predict` and `python -m stn.predict`: a misspelled key gets the nearest valid ones first."""
-    check_single_run_keys(CONF_DIR, "predict.yaml", sys.argv[1:])
-    main()
+cli = entry("predict.yaml", predict)  # `stn-predict`, and `python -m stn.predict` below
 
 
 if __name__ == "__main__":

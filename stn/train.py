@@ -9,46 +9,28 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import hydra
-import lightning as L
-import torch
-from hydra.core.hydra_config import HydraConfig
-from lightning.pytorch.callbacks import Timer
-from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from stn.errors import RunInterrupted, user_errors_reported
-from stn.paths import CONF_DIR
-from stn.utils.checks import check_config
-from stn.utils.config_tree import show_config
-from stn.utils.files import write_atomically
-from stn.utils.instantiators import build, build_model, instantiate_group
-from stn.utils.parallel import apply_job_share
-from stn.utils.resume import apply_resume_point, finished_here
-from stn.utils.runs import remove_if_unused, run_lock
-from stn.utils.sweep_checks import check_single_run_keys
+from stn.entry import entry
+from stn.errors import RunInterrupted, in_multirun
+
+if TYPE_CHECKING:  # torch and Lightning are imported where a run starts: the command line answers first
+    import lightning as L
 
 log = logging.getLogger(__name__)
-
-
-def parameter_counts(net: torch.nn.Module) -> str:
-    """Trainable parameters of the classifier, the transformer and both: comparable models keep
-    these close, as the paper does."""
-    parts = {name: sum(p.numel() for p in part.parameters()) for name, part in net.named_children()}
-    parts["total"] = sum(p.numel() for p in net.parameters())
-    return ", ".join(f"{name} {count:,}" for name, count in parts.items())
 
 
 def fit_seconds(trainer: L.Trainer, this_start: float) -> float:
     """The run's whole training time: Lightning's Timer callback (conf/callbacks/timer.yaml) keeps it
     in the checkpoint, so a resumed run counts its earlier starts too; else this start's time."""
+    from lightning.pytorch.callbacks import Timer
+
     timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
     return timer.time_elapsed("train") if timer is not None else this_start
 
@@ -59,6 +41,8 @@ def stopped_runs_reported(trainer: L.Trainer, cfg: DictConfig, testing: bool = F
     one sentence that says it is incomplete and how to resume, and 128 + the signal's number as
     its exit status. Lightning's own endings are exit 0 (SIGTERM: a SystemExit) and exit 1
     (Ctrl-C, after "attempting graceful shutdown"), which a script would misread."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         yield
     except SIGTERMException:
@@ -81,6 +65,14 @@ def stopped_runs_reported(trainer: L.Trainer, cfg: DictConfig, testing: bool = F
 def train(cfg: DictConfig) -> dict[str, float | str]:
     """Fit and test as `cfg` says; returns every logged metric (and `best_model_path`) and writes
     them to the run folder's metrics.json."""
+    from hydra.core.hydra_config import HydraConfig
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from stn.utils.checks import check_config
+    from stn.utils.parallel import apply_job_share
+    from stn.utils.resume import apply_resume_point, finished_here
+    from stn.utils.runs import run_lock
+
     check_config(cfg)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
     apply_job_share(cfg, hydra_cfg)
@@ -97,6 +89,13 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
 def _fit_and_test(
     cfg: DictConfig, ckpt_path: str | None, hydra_cfg: DictConfig | None
 ) -> dict[str, float | str]:
+    import lightning as L
+
+    from stn.models import parameter_counts
+    from stn.utils.config_tree import show_config
+    from stn.utils.files import write_atomically
+    from stn.utils.instantiators import build, build_model, instantiate_group
+
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
 
@@ -145,21 +144,22 @@ def _fit_and_test(
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="train.yaml")
-def main(cfg: DictConfig) -> float | None:
+def train_task(cfg: DictConfig) -> float | None:
+    """What `python -m stn.train` runs: train, and return the metric a sweeper optimises. A single
+    run refused with one sentence leaves no folder behind (a sweep's job keeps its folder and log,
+    where stn.summarize reads its error)."""
+    from stn.utils.runs import remove_if_unused
+
     try:
-        with user_errors_reported():
-            metrics = train(cfg)
-    except SystemExit:  # a single run refused with one sentence: its empty folder is not kept
-        remove_if_unused(Path(cfg.paths.output_dir))
+        metrics = train(cfg)
+    except Exception:
+        if not in_multirun():
+            remove_if_unused(Path(cfg.paths.output_dir))
         raise
     return metrics.get(cfg.get("optimized_metric"))
 
 
-def cli() -> None:
-    """`stn-train` and `python -m stn.train`: a misspelled key gets the nearest valid ones first."""
-    check_single_run_keys(CONF_DIR, "train.yaml", sys.argv[1:])
-    main()
+cli = entry("train.yaml", train_task)  # `stn-train`, and `python -m stn.train` below
 
 
 if __name__ == "__main__":

@@ -21,8 +21,6 @@ import sys
 from datetime import date
 from pathlib import Path
 
-import lightning as L
-import torch
 from omegaconf import OmegaConf
 
 from stn.errors import Allowed, UserError, check_value
@@ -54,6 +52,8 @@ def best_checkpoint(run_dir: Path) -> Path:
 def accuracy_on_test_set(trained: TrainedModel, data_dir: Path) -> float:
     """A zoo model's accuracy on the full test set of its data, on this machine's CPU."""
     datamodule = trained.datamodule(data_dir=str(data_dir))
+    import lightning as L
+
     trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
     trainer.test(trained.module, datamodule=datamodule, verbose=False)
     return float(trainer.callback_metrics["test/acc"])
@@ -74,6 +74,7 @@ def _check_add(name: str, run_dir: Path, data_dir: Path, zoo_dir: Path, overwrit
 def add(name: str, run_dir: Path, data_dir: Path, zoo_dir: Path = ZOO_DIR, overwrite: bool = False) -> dict:
     """Add `run_dir`'s best checkpoint to the zoo as `name`. All of it or nothing: the files are
     written to temporary names, scored, then renamed, and the manifest is written once, last."""
+    import torch
     from safetensors.torch import save_file
 
     _check_add(name, run_dir, data_dir, zoo_dir, overwrite)

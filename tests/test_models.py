@@ -15,9 +15,9 @@ from stn.models import (
     STNClassifier,
     ThinPlateSplineTransformer,
     max_depth,
+    parameter_counts,
 )
 from stn.models.transformer import IDENTITY_THETA
-from stn.train import parameter_counts
 
 from .conftest import compose_config
 

@@ -22,7 +22,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stn.errors import ConfigError
+from stn.errors import ConfigError, release_stderr
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,7 @@ class SweepChecks(Callback):
     SIGTERM stop the sweep's job processes with it."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        release_stderr()  # Hydra composed the sweep: its own messages show as they come from here
         try:
             check_sweep(config)
             check_slurm(config)
@@ -222,34 +223,46 @@ class SweepChecks(Callback):
         stop_workers_on_sigterm()
 
 
-def check_single_run_keys(config_dir: Path, config_name: str, args: list[str]) -> None:
-    """Exit with one sentence naming the nearest valid keys if a single run's command line sets a
-    key the config does not have (Hydra's own error names none). Sweeps are checked by SweepChecks;
-    anything else Hydra reports itself."""
-    if any(arg.startswith("-") for arg in args):  # --multirun, --cfg, --help, ...: Hydra's business
-        return
+def _group_option_refused(override: Override, config_dir: Path) -> str | None:
+    """The sentence for a config group option that does not exist (`model=stnn`), or None."""
+    group = override.key_or_group.lstrip("+~")
+    folder = config_dir / group
+    if not folder.is_dir() or override.is_sweep_override() or override.is_delete():
+        return None
+    choice = str(override.value())
+    if choice in ("null", "None") or (folder / f"{choice}.yaml").is_file():
+        return None
+    options = sorted(path.stem for path in folder.glob("*.yaml"))
+    close = difflib.get_close_matches(choice, options, n=1, cutoff=0.5)
+    hint = f"did you mean {close[0]}? " if close else ""
+    return (
+        f"error: {group}={choice} is not an option of the {group} group; {hint}allowed: {' | '.join(options)}"
+    )
+
+
+def refused_command_line(config_dir: Path, config_name: str, args: list[str]) -> str | None:
+    """Once Hydra has refused a command line: one sentence for a group option that does not exist
+    or a key the config does not have, with the nearest valid names; None when the refusal is
+    something else (Hydra's own message then stands)."""
     try:
         overrides = OverridesParser.create().parse_overrides([a for a in args if "=" in a])
     except Exception:  # a syntax error: Hydra says where
-        return
+        return None
+    for override in overrides:
+        sentence = _group_option_refused(override, config_dir)
+        if sentence:
+            return sentence
     task = [o for o in overrides if not o.key_or_group.startswith("hydra")]
-    if any(o.is_sweep_override() for o in task):  # a sweep (hparams_search sets multirun itself)
-        return
     with initialize_config_dir(version_base="1.3", config_dir=str(config_dir)):
-        try:
-            compose(config_name, overrides=[o.input_line for o in task], return_hydra_config=True)
-            return
-        except Exception:
-            pass
         try:  # the groups alone, to learn the keys this command's config has
-            groups = [o.input_line for o in task if "." not in o.key_or_group]
+            groups = [o.input_line for o in task if "." not in o.key_or_group and "=" in o.input_line]
             cfg = compose(config_name, overrides=groups, return_hydra_config=True)
         except Exception:
-            return
+            return None
+    sweeps = "the sweep sets" if any(o.is_sweep_override() for o in task) else "the command line sets"
     for override in task:
         try:
             check_key_exists(override, cfg)
         except ConfigError as error:
-            raise SystemExit(
-                f"error: {str(error).replace('the sweep sets', 'the command line sets')}"
-            ) from None
+            return f"error: {str(error).replace('the sweep sets', sweeps)}"
+    return None

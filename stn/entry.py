@@ -1,0 +1,57 @@
+"""The command line of every entry point (train, eval, predict, export): one decorator.
+
+    cli = entry("train.yaml", train_task)   # then `python -m stn.train ...`, `stn-train ...`
+
+It is Hydra's main over conf/<config_name> with the task wrapped in `user_errors_reported` (one
+sentence, no traceback), and what Hydra refuses before the task starts (a misspelled key, a wrong
+group option) becomes one sentence with the nearest valid names instead of Hydra's message: Hydra's
+stderr is held back until the task starts, and only when Hydra refuses the command line is the
+"did you mean" search run. This module imports neither torch nor Lightning, so `--cfg`, `--help`,
+tab completion and refused command lines answer at once; the task imports them when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from stn.errors import hold_stderr, release_stderr, stderr_held, user_errors_reported
+from stn.paths import CONF_DIR
+
+Task = Callable[[DictConfig], Any]
+
+
+def entry(config_name: str, task: Task) -> Callable[[], Any]:
+    """The console script / `python -m` function of an entry point whose work is `task(cfg)`."""
+
+    @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
+    def main(cfg: DictConfig) -> Any:
+        release_stderr()  # Hydra composed the config: from here on, everything shows as it comes
+        with user_errors_reported():
+            return task(cfg)
+
+    def cli() -> Any:
+        hold_stderr()
+        try:
+            return main()
+        except SystemExit as exit:
+            # Hydra refused the command line: a failure status, before the task or sweep began (a
+            # string status is a sentence of the project's own, shown as it is)
+            refused = stderr_held() and exit.code not in (0, None) and not isinstance(exit.code, str)
+            held = release_stderr(show=not refused)
+            if not refused:
+                raise
+            from stn.utils.sweep_checks import refused_command_line  # only once Hydra has refused
+
+            sentence = refused_command_line(CONF_DIR, config_name, sys.argv[1:])
+            print(f"{sentence}" if sentence else held, file=sys.stderr, end="\n" if sentence else "")
+            raise SystemExit(1) from None
+        finally:
+            release_stderr()
+
+    cli.__doc__ = f"The command over conf/{config_name} (python -m and the console script)."
+    return cli

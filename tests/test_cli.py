@@ -1,0 +1,58 @@
+"""The command line answers before torch and Lightning are imported (`--cfg`, refused command lines,
+tab completion, `stn.zoo list`), and Hydra's refusals become one sentence with the nearest names."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from stn.paths import CONF_DIR, ROOT
+from stn.utils.sweep_checks import refused_command_line
+
+
+@pytest.mark.parametrize(
+    ("args", "sentence"),
+    [
+        (
+            ["model=stnn"],
+            "error: model=stnn is not an option of the model group; did you mean stn? allowed: cnn |",
+        ),
+        (["data=mnist_rtz"], "did you mean mnist_rts?"),
+        (
+            ["model.optimizr.lr=1"],
+            "the command line sets model.optimizr.lr, which is not a key of this config",
+        ),
+        (["model=cnn", "seed=1"], None),  # nothing wrong with the keys: Hydra's own message stands
+    ],
+)
+def test_a_refused_command_line_is_one_sentence_with_the_nearest_names(args: list[str], sentence: str | None):
+    found = refused_command_line(CONF_DIR, "train.yaml", args)
+    assert found == sentence if sentence is None else sentence in found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("command", "expected_status"),
+    [
+        (["stn.train", "--cfg", "job"], 0),
+        (["stn.train", "model=stnn"], 1),
+        (["stn.train", "-sc", "query=bash"], 0),
+        (["stn.zoo", "list"], 0),
+    ],
+)
+def test_the_command_line_answers_before_torch_and_lightning_are_imported(
+    command: list[str], expected_status: int
+):
+    process = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", *command],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={"COMP_LINE": "stn-train mod", "COMP_POINT": "15", "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert process.returncode == expected_status, process.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in process.stderr.splitlines() if "|" in line}
+    assert "torch" not in imported and "lightning" not in imported
+    if command[1:] == ["model=stnn"]:
+        said = [line for line in process.stderr.splitlines() if not line.startswith("import time:")]
+        assert len(said) == 1 and said[0].startswith("error: model=stnn is not an option of the model group")
