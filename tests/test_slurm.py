@@ -77,7 +77,9 @@ def test_a_slurm_sweep_waits_for_its_jobs_and_records_a_failing_one(tmp_path: Pa
     assert not (jobs[1] / "metrics.json").exists()
     assert [job.status for job in load_jobs(sweep)] == ["ok", "diverged"]
     assert "training diverged" in load_jobs(sweep)[1].error
-    assert "torch threads: 1" in (jobs[0] / "train.log").read_text()  # cpus_per_task follows num_threads
+    log = (jobs[0] / "train.log").read_text()
+    assert "torch threads: 1" in log  # cpus_per_task follows num_threads
+    assert "epoch 0: val/acc " in log  # one line per epoch in the job's log
     assert summarize([str(sweep)]) == 0 and (sweep / "summary.md").is_file()
     assert list((sweep / ".submitit").glob("*/*_submission.sh"))  # through sbatch, not in process
     assert "--gpus-per-task" not in next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()

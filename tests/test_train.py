@@ -307,3 +307,17 @@ def test_each_task_has_its_own_root_and_a_refused_start_leaves_no_folder(tmp_pat
     (eval_run,) = (tmp_path / "outputs" / "eval" / "runs").iterdir()
     assert "model_name=stn_mnist" in eval_run.name
     assert sorted(p.name for p in (tmp_path / "outputs").iterdir()) == ["debug", "eval"]
+
+
+def test_each_epoch_is_one_line_of_the_runs_log(tmp_path: Path, mnist_dir: Path, caplog):
+    """What train.log holds of an epoch: its validation accuracy and loss and its time."""
+    import logging
+    import re
+
+    from .conftest import TINY, train_in_process
+
+    with caplog.at_level(logging.INFO, logger="stn.models.lit_module"):
+        train_in_process([*TINY, "trainer.max_epochs=2"], tmp_path / "run", mnist_dir)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("epoch ")]
+    assert len(lines) == 2  # not the sanity check's
+    assert re.fullmatch(r"epoch 1: val/acc 0\.\d{4}, val/loss \d+\.\d{4}, \d+ s", lines[1])

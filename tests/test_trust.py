@@ -426,3 +426,12 @@ def test_the_same_command_in_a_finished_runs_folder_has_nothing_to_do(
     metrics = train_in_process(FINISHED, again, mnist_dir)  # a sweep re-run into the same folder
     assert metrics == json.loads((again / "metrics.json").read_text())
     assert {p.name: p.stat().st_mtime_ns for p in (again / "checkpoints").iterdir()} == before
+
+
+def test_a_relative_export_file_goes_into_the_exports_run_folder(
+    tmp_path: Path, mnist_dir: Path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # where the command was started: nothing may land here
+    cfg = _export_cfg(tmp_path / "run", mnist_dir, "output_file=stn.pt", "format=torchscript")
+    export(cfg)
+    assert (Path(cfg.paths.output_dir) / "stn.pt").is_file() and not (tmp_path / "stn.pt").exists()

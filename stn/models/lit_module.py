@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +25,8 @@ from stn.models.acceleration import (
 )
 from stn.models.classifier import STNClassifier
 from stn.models.transformer import SpatialTransformer, WarpingTransformer
+
+log = logging.getLogger(__name__)
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 SchedulerFactory = Callable[..., torch.optim.lr_scheduler.LRScheduler]
@@ -173,10 +177,22 @@ class STNLitModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, self.val_loss, self.val_acc)
 
+    def on_train_epoch_start(self) -> None:
+        self._epoch_started = time.perf_counter()
+
     def on_validation_epoch_end(self) -> None:
-        self.val_acc_best(self.val_acc.compute())
+        accuracy = self.val_acc.compute()
+        self.val_acc_best(accuracy)
         self.log("val/acc_best", self.val_acc_best.compute(), sync_dist=True, prog_bar=True)
-        self._log_epoch("val", self.val_loss, self.val_acc)
+        loss = self._log_epoch("val", self.val_loss, self.val_acc)
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
+            # one line per epoch in the run's train.log (one host read per epoch)
+            started = getattr(self, "_epoch_started", None)
+            seconds = f", {time.perf_counter() - started:.0f} s" if started is not None else ""
+            log.info(
+                "epoch %d: val/acc %.4f, val/loss %.4f%s",
+                self.current_epoch, float(accuracy), float(loss), seconds,
+            )  # fmt: skip
 
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._step(batch, self.test_loss, self.test_acc)
