@@ -231,3 +231,20 @@ def test_the_papers_models_have_the_papers_shape_and_train_a_step(model: str):
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is not None for p in classifier.parameters())
+
+
+def test_the_minimal_stn_of_the_docs_is_the_projects_default_network():
+    """docs/minimal_stn.md's 40 lines run, and have the default STN's layers and parameter count."""
+    import re
+
+    from stn.paths import ROOT
+
+    code = re.search(r"```python\n(.*?)```", (ROOT / "docs" / "minimal_stn.md").read_text(), re.S).group(1)
+    namespace: dict = {}
+    exec(code, namespace)  # the doc's own code, as a reader would paste it
+    minimal = namespace["MinimalSTN"]()
+    ours = STNClassifier(ConvClassifier(), SpatialTransformer(LocalizationNet(), **MNIST))
+    shapes = sorted(tuple(p.shape) for p in minimal.parameters())
+    assert shapes == sorted(tuple(p.shape) for p in ours.parameters())
+    assert sum(p.numel() for p in minimal.parameters()) == 27_360
+    assert minimal(torch.randn(2, 1, 28, 28)).shape == (2, 10)
