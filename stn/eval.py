@@ -19,6 +19,7 @@ from stn.entry import entry
 from stn.errors import ConfigError
 from stn.loading import checkpoint_model, load_weights, run_config, zoo_model
 from stn.utils.checks import check_config
+from stn.utils.files import write_atomically
 from stn.utils.instantiators import build, build_model, instantiate_group
 
 log = logging.getLogger(__name__)
@@ -83,7 +84,16 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
 
 def eval_task(cfg: DictConfig) -> float | None:
+    """What `python -m stn.eval` runs: the test, then its record in the run folder: metrics.json and
+    evaluated.yaml, the model and data config that were tested (a zoo model's or a run's own, not
+    the command's defaults that Hydra's .hydra/config.yaml holds)."""
     metrics = evaluate(cfg)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+    tested = OmegaConf.create({"model": cfg.model, "data": cfg.data, "ckpt_path": cfg.get("ckpt_path"),
+                               "model_name": cfg.get("model_name")})  # fmt: skip
+    write_atomically(output_dir / "evaluated.yaml", OmegaConf.to_yaml(tested, resolve=True))
     return metrics.get("test/acc")
 
 

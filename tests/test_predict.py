@@ -10,6 +10,7 @@ import matplotlib
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.datasets import MNIST
 
@@ -210,6 +211,10 @@ def test_eval_scores_a_zoo_model_on_its_own_data(tmp_path: Path, mnist_dir: Path
     ).stdout  # fmt: skip
     accuracy = re.search(r'"test/acc": ([0-9.]+)', output)
     assert accuracy and float(accuracy.group(1)) > 0.9  # 42x42 RTS digits: the model's own test set
+    # its record: the metrics, and what was tested (not the command's default data and model)
+    assert json.loads((tmp_path / "metrics.json").read_text())["test/acc"] == float(accuracy.group(1))
+    tested = OmegaConf.load(tmp_path / "evaluated.yaml")
+    assert tested.data.image_size == 42 and tested.model_name == "stn_rts"
     run_rejected(
         "stn.eval", "model_name=stn_rts", "ckpt_path=x.ckpt", f"hydra.run.dir={tmp_path / 'both'}",
         data_dir=mnist_dir, message="name one model",
