@@ -21,12 +21,14 @@ import copy
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from torch import nn
 
+from stn.data import prepare_canvas
 from stn.entry import entry
 from stn.errors import Allowed, ConfigError, UserError, check_value, integers, one_of
 from stn.loading import TrainedModel, trained_model
@@ -143,6 +145,21 @@ def check_output(path: Path, fmt: str, overwrite: bool) -> Path:
     return report
 
 
+def copy_canvas_preparation(folder: Path, overwrite: bool) -> Path:
+    """stn/data/prepare_canvas.py (NumPy and PIL only) beside the exported file, so a deployment
+    prepares its images as stn.predict does without this project; a different file of that name
+    is kept unless `overwrite`."""
+    source = Path(prepare_canvas.__file__)
+    target = folder / source.name
+    if target.exists() and target.read_bytes() != source.read_bytes() and not overwrite:
+        log.warning("%s exists and differs from this project's; kept (overwrite=true replaces it)", target)
+        return target
+    partial = target.with_name(f".{target.name}.partial")
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+    return target
+
+
 def export(cfg: DictConfig) -> dict[str, object]:
     fmt = str(check_value("format", cfg.get("format"), one_of(*FORMATS)))
     check_value("input", cfg.get("input", "float"), one_of(*INPUTS))
@@ -181,6 +198,7 @@ def export(cfg: DictConfig) -> dict[str, object]:
         "model": model.name, "file": str(path), "format": fmt, "inputs": INPUTS["uint8" if raw else "float"],
         "canvas": model.canvas, "outputs": names, "bytes": path.stat().st_size,
     }  # fmt: skip
+    report["prepare"] = str(copy_canvas_preparation(path.parent, bool(cfg.get("overwrite", False))))
     if check_images:
         pixels = test_pixels(model, str(cfg.data_dir), check_images)
         if raw:

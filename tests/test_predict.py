@@ -286,3 +286,24 @@ def test_predict_gives_the_sampled_region_in_the_images_pixels(tmp_path: Path, n
     # the canvas is larger than the digit's 20-pixel box: its region reaches past the digit
     (left, top), (right, bottom) = result["region"][0], result["region"][2]
     assert right - left > 0 and bottom - top > 0
+
+
+@pytest.mark.parametrize("canvas", [28, 42])
+def test_the_numpy_canvas_preparation_is_predicts_own(canvas: int, tmp_path: Path):
+    """stn/data/prepare_canvas.py (what stn.export puts beside an exported model: NumPy and PIL only)
+    prepares photos, drawings and a large scan exactly as stn.predict does."""
+    from stn.data.prepare_canvas import prepare
+
+    images = [*sorted(PHOTOS.glob("*.jpg"))[:4]]
+    for index, light_paper in enumerate((True, False)):
+        _drawn_digit((240, 160), light_paper).save(tmp_path / f"drawn{index}.png")
+        images.append(tmp_path / f"drawn{index}.png")
+    Image.open(images[0]).resize((1260, 980), Image.BICUBIC).save(tmp_path / "scan.png")  # > 512 px
+    images.append(tmp_path / "scan.png")
+    for path in images:
+        ours, _, _ = to_canvas(read_grey(path), canvas)
+        numpy_only = prepare(Image.open(path), canvas)
+        assert numpy_only.shape == (1, 1, canvas, canvas) and numpy_only.dtype == np.float32
+        np.testing.assert_allclose(numpy_only[0], ours.numpy(), atol=1e-4)
+    with pytest.raises(ValueError, match="no digit found"):
+        prepare(Image.new("L", (50, 50), 230))

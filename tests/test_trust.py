@@ -305,7 +305,8 @@ def test_export_replaces_only_with_overwrite(tmp_path: Path, mnist_dir: Path):
         _export_cfg(tmp_path, mnist_dir, f"output_file={out}", "format=torchscript", "overwrite=true")
     )
     assert report["largest_difference"] < 1e-4
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.pt"]  # no partial file left
+    # no partial file left; the canvas preparation beside the model
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.pt", "prepare_canvas.py"]
 
 
 def _digit_png(path: Path, digit_image: Image.Image) -> None:
@@ -435,3 +436,4 @@ def test_a_relative_export_file_goes_into_the_exports_run_folder(
     cfg = _export_cfg(tmp_path / "run", mnist_dir, "output_file=stn.pt", "format=torchscript")
     export(cfg)
     assert (Path(cfg.paths.output_dir) / "stn.pt").is_file() and not (tmp_path / "stn.pt").exists()
+    assert (Path(cfg.paths.output_dir) / "prepare_canvas.py").is_file()  # the canvas preparation beside it
