@@ -19,10 +19,14 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from stn.errors import hold_stderr, release_stderr, stderr_held, user_errors_reported
+from stn.errors import ConfigError, hold_stderr, release_stderr, stderr_held, user_errors_reported
 from stn.paths import CONF_DIR
 
 Task = Callable[[DictConfig], Any]
+EMPTY_RUN_DIR = (
+    "hydra.run.dir is empty, which would write the run into the folder the command was started from; "
+    "name a folder (hydra.run.dir=outputs/mine) or leave it unset (outputs/<task>/runs/...)"
+)
 
 
 def entry(config_name: str, task: Task) -> Callable[[], Any]:
@@ -32,9 +36,12 @@ def entry(config_name: str, task: Task) -> Callable[[], Any]:
     def main(cfg: DictConfig) -> Any:
         release_stderr()  # Hydra composed the config: from here on, everything shows as it comes
         with user_errors_reported():
+            _check_run_dir()
             return task(cfg)
 
     def cli() -> Any:
+        if any(arg.replace('"', "").replace("'", "") == "hydra.run.dir=" for arg in sys.argv[1:]):
+            raise SystemExit(f"error: {EMPTY_RUN_DIR}")  # before Hydra writes its record there
         hold_stderr()
         try:
             return main()
@@ -55,3 +62,14 @@ def entry(config_name: str, task: Task) -> Callable[[], Any]:
 
     cli.__doc__ = f"The command over conf/{config_name} (python -m and the console script)."
     return cli
+
+
+def _check_run_dir() -> None:
+    """A single run's folder is named: `hydra.run.dir=` (empty) would write the run into the
+    folder the command was started from (the repository, a home folder)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hydra_cfg = HydraConfig.get()
+    if hydra_cfg.mode == RunMode.RUN and not str(hydra_cfg.run.dir or "").strip():
+        raise ConfigError(EMPTY_RUN_DIR)

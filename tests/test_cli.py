@@ -56,3 +56,22 @@ def test_the_command_line_answers_before_torch_and_lightning_are_imported(
     if command[1:] == ["model=stnn"]:
         said = [line for line in process.stderr.splitlines() if not line.startswith("import time:")]
         assert len(said) == 1 and said[0].startswith("error: model=stnn is not an option of the model group")
+
+
+@pytest.mark.slow
+def test_an_empty_run_dir_or_a_root_that_is_a_file_is_one_sentence(tmp_path):
+    """`hydra.run.dir=` would train into the folder the command started from; STN_ROOT at a file
+    cannot hold a run folder: each is refused before anything is written."""
+    import os
+
+    (tmp_path / "root").write_text("a file, not a folder")
+    for args, env, sentence in [
+        (["hydra.run.dir="], {}, "error: hydra.run.dir is empty, which would write the run into the folder"),
+        ([], {"STN_ROOT": str(tmp_path / "root")}, "cannot be created (Not a directory); STN_ROOT"),
+    ]:
+        process = subprocess.run(
+            [sys.executable, "-m", "stn.train", *args], cwd=tmp_path, capture_output=True, text=True,
+            timeout=120, env={**os.environ, **env},
+        )  # fmt: skip
+        assert process.returncode == 1 and sentence in process.stderr and "Traceback" not in process.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]  # nothing written where it started

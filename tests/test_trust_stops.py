@@ -94,6 +94,7 @@ def test_ctrl_c_while_training_says_incomplete_with_the_shells_130(tmp_path: Pat
             r"data.test_subset=20000 is out of range: allowed integers 1..10000 or null",
         ),
         (["data.train_subset=60000"], r"data.train_subset=60000 is out of range: allowed integers 1..55000"),
+        (["~model.localization"], "model.localization is missing, but model.transformer is set"),
     ],
 )
 def test_values_that_would_train_nothing_or_cannot_be_are_refused(overrides: list[str], message: str):

@@ -139,9 +139,24 @@ SOME_STEPS = Allowed(
 )
 
 
+def check_model_parts(cfg: DictConfig) -> None:
+    """A model with a transformer needs its localization net: `~model.localization` (or null) would
+    otherwise train a plain CNN under the transformer model's name."""
+    model = _select(cfg, "model")
+    if model is None or "classifier" not in model:
+        return
+    if _select(cfg, "model.transformer") is not None and _select(cfg, "model.localization") is None:
+        raise ConfigError(
+            "model.localization is missing, but model.transformer is set: the transformer needs its "
+            "localization net. For a model without a transformer use model=cnn (or also drop "
+            "model.transformer: ~model.transformer)"
+        )
+
+
 def check_config(cfg: DictConfig) -> None:
     """Raise ConfigError naming the first key whose value the run cannot use."""
     check_image_sizes(cfg)
+    check_model_parts(cfg)
     _require(cfg, "model.optimizer.lr", numbers(above=0), required=True)
     _require(cfg, "model.optimizer.weight_decay", numbers(0))
     _require(cfg, "model.optimizer.momentum", Allowed(lambda v: numbers(0, 1).test(v) and v < 1, "[0, 1)"))

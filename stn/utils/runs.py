@@ -86,8 +86,19 @@ def new_run_dir(path: str) -> str:
             CREATED_RUN_DIRS.update(folder.resolve() for folder in (candidate, *missing))
             return str(candidate)
         except FileExistsError:
+            if not candidate.parent.is_dir():
+                raise SystemExit(_cannot_create(candidate, "a folder above it is a file")) from None
             suffix += 1
             candidate = Path(f"{path}_{suffix}")
+        except OSError as error:  # resolved while Hydra composes: a sentence, not its traceback
+            raise SystemExit(_cannot_create(candidate, error.strerror or str(error))) from None
+
+
+def _cannot_create(folder: Path, why: str) -> str:
+    return (
+        f"error: the run folder {folder} cannot be created ({why}); STN_ROOT, paths.log_dir and "
+        "hydra.run.dir / hydra.sweep.dir decide where runs go: point them at a folder you can write"
+    )
 
 
 def remove_if_unused(folder: Path) -> bool:
