@@ -226,3 +226,17 @@ def test_a_summary_never_shows_an_environment_variable(finished_run: Path, tmp_p
     summarize([str(sweep)])
     for name in ("summary.md", "summary.csv", "summary.html"):
         assert "hunter2" not in (sweep / name).read_text()
+
+
+def test_a_checkpoint_and_hparams_yaml_hold_no_data_folder(finished_run: Path, mnist_dir: Path):
+    """The machine's data folder is not in what a run shares: its checkpoint's hyperparameters and
+    TensorBoard's hparams.yaml. (Lightning's ModelCheckpoint state keeps the run folder's own
+    checkpoint paths, which a resume needs: docs/predict.md says so.)"""
+    import torch
+
+    checkpoint = torch.load(finished_run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert "data_dir" not in checkpoint.get("datamodule_hyper_parameters", {})
+    assert str(mnist_dir) not in str(checkpoint.get("datamodule_hyper_parameters", {}))
+    assert str(mnist_dir) not in str(checkpoint.get("hyper_parameters", {}))
+    for hparams in finished_run.glob("tensorboard/**/hparams.yaml"):
+        assert str(mnist_dir) not in hparams.read_text()

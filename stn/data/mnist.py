@@ -125,7 +125,9 @@ class MNISTDataModule(L.LightningDataModule):
         check(self, integers(1, TRAIN_SIZE - val_size).or_null().because(whole), train_subset=train_subset)
         check(self, integers(1, TEST_SIZE).or_null().because(whole), test_subset=test_subset)
         self._check_image_size(image_size)
-        self.save_hyperparameters(ignore=["augment"])
+        # the machine's data folder stays out of checkpoints and hparams.yaml: a shared checkpoint
+        # carries no local path of it (self.data_dir holds it)
+        self.save_hyperparameters(ignore=["augment", "data_dir"])
         self.augment = augment
         self.data_dir = Path(data_dir)
         self.shuffle_seed = shuffle_seed
@@ -313,7 +315,7 @@ class DistortedMNISTDataModule(MNISTDataModule):
         super().__init__(**mnist)
         # the distortion is an object: its config is in the run folder, and the checkpoint stays
         # loadable with weights_only
-        self.save_hyperparameters(ignore=["distortion"])
+        self.save_hyperparameters(ignore=["distortion", "data_dir"])
         self.test_seed = test_seed
         self._fixed: set[str] = set()
 
