@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import csv
-import fcntl
 import statistics
 import subprocess
 import sys
-import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -33,7 +31,7 @@ from pathlib import Path
 from benchmarks.machine import describe_machine
 from benchmarks.paper_length import error_against_length_axes, row_name
 from stn.paper_table import PAPER, POLAR_TRANSFORMER_STN, cell, confidence_interval
-from stn.utils.files import csv_text, write_atomically
+from stn.utils.files import csv_text, file_lock, write_atomically
 from stn.utils.runs import RunFolder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,15 +89,11 @@ def folder_of(point: Point, runs: Path) -> Path:
     return runs / "_".join(filter(None, [variant, model, recipe_name, f"e{epochs}", f"s{seed}"]))
 
 
-_THREADS = threading.Lock()
-
-
 @contextmanager
 def csv_writer_lock(runs: Path):
     """One writer of the CSV at a time, across the threads of a part and parts run side by side."""
     runs.mkdir(parents=True, exist_ok=True)
-    with _THREADS, (runs / ".csv.lock").open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+    with file_lock(runs / ".csv.lock"):
         yield
 
 

@@ -18,7 +18,8 @@ from stn.errors import ArgumentError, ConfigError, check, check_value, integers,
 from stn.eval import evaluate as evaluate_in_process
 from stn.summarize import load_jobs
 from stn.utils.checks import check_config
-from stn.utils.runs import new_run_dir, saved_config
+from stn.utils.run_life import new_run_dir
+from stn.utils.runs import saved_config
 
 from .conftest import (
     FINISHED,

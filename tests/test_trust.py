@@ -27,7 +27,8 @@ from stn.loading import checkpoint_model, sha256, zoo_manifest, zoo_model
 from stn.predict import predict
 from stn.train import train
 from stn.utils.resume import _move_log
-from stn.utils.runs import CREATED_RUN_DIRS, RunFolder, new_run_dir, run_lock, saved_config
+from stn.utils.run_life import created_here, new_run_dir, run_lock
+from stn.utils.runs import RunFolder, saved_config
 from stn.utils.untrusted import project_targets
 from stn.zoo import add as zoo_add
 
@@ -201,7 +202,7 @@ def test_a_resume_refused_in_the_users_folder_deletes_nothing(tmp_path: Path):
     (made / ".hydra").mkdir()
     (made / ".hydra" / "config.yaml").write_text("{}")
     (made / "train.log").write_text("")
-    assert made.resolve() in CREATED_RUN_DIRS
+    assert created_here(made)
     _move_log(made, tmp_path / "elsewhere")
     assert not made.exists()
 

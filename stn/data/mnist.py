@@ -3,7 +3,6 @@ tensors, served in batches by `stn.data.batching` (on the training device by def
 
 from __future__ import annotations
 
-import fcntl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ from stn.data.batching import (
 )
 from stn.data.distortions import MNIST_SIZE, Distortion
 from stn.errors import Allowed, ConfigError, UserError, check, integers
-from stn.utils.files import MAX_DATA_BYTES, check_regular, file_digest
+from stn.utils.files import MAX_DATA_BYTES, check_regular, file_digest, file_lock
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
@@ -51,22 +50,18 @@ def _one_line(error: Exception) -> str:
 
 @contextmanager
 def _unpack_lock(raw_dir: Path, create: bool) -> Iterator[None]:
-    """Wait for, then hold, `raw_dir`'s lock (the kernel's: a killed process never leaves it held),
-    creating the folder only with `create` (a download). Where the folder is missing or cannot be
-    written there is nothing to unpack into, and no lock is needed."""
+    """Wait for, then hold, `raw_dir`'s lock (stn.utils.files.file_lock), creating the folder only
+    with `create` (a download). Where the folder is missing or cannot be written there is nothing
+    to unpack into, and no lock is needed."""
     try:
         if create:
             raw_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(raw_dir / ".unpack.lock", "a")  # noqa: SIM115 (closed below)
+        (raw_dir / ".unpack.lock").touch()
     except OSError:
         yield
         return
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(raw_dir / ".unpack.lock"):
+        yield
 
 
 def _md5(path: Path) -> str:

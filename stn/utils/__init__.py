@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from stn.utils.runs import new_run_dir, run_label
+from stn.utils.run_life import new_run_dir, run_label
 
 os.environ.setdefault("STN_ROOT", str(Path(__file__).resolve().parents[2]))
 # logger=mlflow keeps a local file store (outputs/mlruns: no server, no database), which MLflow 3

@@ -11,10 +11,14 @@ refused before it is loaded (the project writes none). Each refusal is one sente
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import os
 import stat
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +164,34 @@ def write_atomically(path: Path, text: str) -> None:
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(text)
     os.replace(partial, path)
+
+
+_THREAD_LOCKS: dict[Path, threading.Lock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+@contextmanager
+def file_lock(path: Path, wait: bool = True) -> Iterator[bool]:
+    """Hold the kernel's lock (flock) on `path` (created if missing): one holder at a time across
+    processes, and across the threads of this one. `wait=False` yields False at once when another
+    holds it. A killed process never leaves it held. The one lock of the project: a run folder while
+    a run trains in it, the MNIST folder while it is unpacked, a study's CSV while it is rewritten."""
+    path = Path(path)
+    with _THREAD_LOCKS_GUARD:
+        thread_lock = _THREAD_LOCKS.setdefault(path.resolve(), threading.Lock())
+    if not thread_lock.acquire(blocking=wait):
+        yield False
+        return
+    try:
+        with open(path, "a") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        thread_lock.release()

@@ -24,15 +24,12 @@ from omegaconf import DictConfig, OmegaConf
 from stn.errors import ConfigError, UserError
 from stn.utils.checkpoints import read_checkpoint
 from stn.utils.files import check_regular
+from stn.utils.run_life import check_writable, record_run_config, remove_if_unused, restore_run_config
 from stn.utils.runs import (
     LAST_CHECKPOINT,
     RUN_CONFIG,
     RunFolder,
-    check_writable,
     flatten,
-    record_run_config,
-    remove_if_unused,
-    restore_run_config,
     run_folders,
     saved_config,
     split_override,
@@ -41,8 +38,11 @@ from stn.utils.runs import (
 log = logging.getLogger(__name__)
 
 LAST = "last"
-# keys that may differ between a run and its continuation: where it runs and the command line that
-# started it (the HParams tab's copy of it), not what it trains
+# Keys that may differ between a run and its continuation: where it runs and on what (paths, data
+# folder, threads, devices, Hydra's own node) and the command line that started it (the HParams
+# tab's copy), never what it trains. Every other key must be equal, so a new key is compared by
+# default: add it here only if it says where or how fast a run goes, not what it learns
+# (tests/test_resume.py resumes with each of these changed).
 MAY_DIFFER = (
     "ckpt_path",
     "paths.",

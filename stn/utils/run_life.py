@@ -1,0 +1,147 @@
+"""A run folder's life: named and created (without ever sharing one), locked while a run trains in
+it, its config recorded, and removed again only if this process made it and nothing was written.
+
+What a run folder holds, and reading it back, is stn/utils/runs.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from stn.errors import ConfigError
+from stn.utils.files import file_lock
+from stn.utils.runs import RUN_CONFIG, split_override
+
+LOCK_FILE = ".lock"  # held (flock) while a run trains in its folder
+
+# overrides a run's name leaves out: where it runs, how it reports progress, and the data / model
+# choice its name already says; whole sections by prefix, single keys exactly (`data.batch_size` is named)
+UNNAMED_SECTIONS = ("hydra", "paths", "callbacks.progress_bar")
+UNNAMED_KEYS = ("ckpt_path", "data", "model", "data.data_dir", "print_config")
+
+
+def _named(override: str) -> bool:
+    key = split_override(override)[0]
+    return key not in UNNAMED_KEYS and not any(key == s or key.startswith(f"{s}.") for s in UNNAMED_SECTIONS)
+
+
+def run_label(data: str, model: str, overrides: str, longest: int = 96) -> str:
+    """The part of a run folder's name after its time: `_<data>_<model>_<overrides>`, a name a
+    file system and TensorBoard's run list take (no `/`), cut at `longest` characters."""
+    kept = [o for o in overrides.split(",") if o and _named(o)]
+    parts = [part for part in (data, model, *kept) if part]
+    label = "_".join(parts).replace("/", "-").replace(" ", "")
+    return f"_{label[:longest]}" if label else ""
+
+
+_created: set[Path] = set()  # the run folders this process made (new_run_dir), resolved
+
+
+def created_here(folder: Path) -> bool:
+    """Whether this process made `folder` (new_run_dir): the only folders it may remove again."""
+    return folder.resolve() in _created
+
+
+def new_run_dir(path: str) -> str:
+    """`path`, else `path_1`, `path_2`, ...: the first folder this call creates itself. Run folders
+    are named by the second, so two runs started in the same second (two terminals, two machines
+    on one disk) would otherwise share one; `mkdir` without `exist_ok` lets only one of them win.
+    The folder, and the parents it had to make, are recorded as this process's (`created_here`)."""
+    candidate, suffix = Path(path), 0
+    while True:
+        missing = [parent for parent in candidate.parents if not parent.exists()]
+        try:
+            candidate.mkdir(parents=True)
+            _created.update(folder.resolve() for folder in (candidate, *missing))
+            return str(candidate)
+        except FileExistsError:
+            if not candidate.parent.is_dir():
+                raise SystemExit(_cannot_create(candidate, "a folder above it is a file")) from None
+            suffix += 1
+            candidate = Path(f"{path}_{suffix}")
+        except OSError as error:  # resolved while Hydra composes: a sentence, not its traceback
+            raise SystemExit(_cannot_create(candidate, error.strerror or str(error))) from None
+
+
+def _cannot_create(folder: Path, why: str) -> str:
+    return (
+        f"error: the run folder {folder} cannot be created ({why}); STN_ROOT, paths.log_dir and "
+        "hydra.run.dir / hydra.sweep.dir decide where runs go: point them at a folder you can write"
+    )
+
+
+def remove_if_unused(folder: Path) -> bool:
+    """Remove `folder`, a run folder this process created (new_run_dir), if the run stopped before
+    it wrote anything but Hydra's record and its logs (a value refused at start): such folders
+    would only crowd the runs that did something. Its empty parents made for it go too. True if
+    removed; a folder with any checkpoint, event file or metrics is kept."""
+    folder = folder.resolve()
+    if not created_here(folder) or not folder.is_dir():
+        return False
+    for path in folder.rglob("*"):
+        relative = path.relative_to(folder)
+        if path.is_file() and not (
+            relative.parts[0] in (".hydra", str(RUN_CONFIG))
+            or path.suffix == ".log"
+            or path.name == LOCK_FILE
+        ):
+            return False
+    shutil.rmtree(folder)
+    for parent in folder.parents:
+        if not created_here(parent) or any(parent.iterdir()):
+            break
+        parent.rmdir()
+    return True
+
+
+def record_run_config(run_dir: Path) -> None:
+    """Keep a copy of Hydra's record of this run (`.hydra/`) in `run_config/`: Hydra rewrites
+    `.hydra/` at every start in the folder, and a resume must compare with the run that wrote the
+    checkpoints (stn/utils/resume.py). Written when a run starts afresh in the folder."""
+    source, record = run_dir / ".hydra", run_dir / RUN_CONFIG
+    if not (source / "config.yaml").is_file():
+        return
+    record.mkdir(parents=True, exist_ok=True)
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        if (source / name).is_file():
+            shutil.copy2(source / name, record / name)
+
+
+def restore_run_config(run_dir: Path) -> None:
+    """Put the run's own record back in `.hydra/` (after a start that was refused there)."""
+    record = run_dir / RUN_CONFIG
+    for name in ("config.yaml", "hydra.yaml", "overrides.yaml"):
+        if (record / name).is_file():
+            shutil.copy2(record / name, run_dir / ".hydra" / name)
+
+
+def check_writable(folder: Path) -> None:
+    """ConfigError now, not after the first epoch has trained, if `folder` cannot be written."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_probe"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"{folder} cannot be written ({error.strerror or error}): the run could not save its checkpoints "
+            "there; make it writable, or run in another folder (hydra.run.dir=... or paths.log_dir=...)"
+        ) from None
+
+
+@contextmanager
+def run_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder`'s lock while a run trains in it: a second run into the same folder (two
+    `ckpt_path=last` at once) is refused at start. The lock is the kernel's (flock), so a killed
+    process never leaves it held."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / LOCK_FILE, wait=False) as held:
+        if not held:
+            raise ConfigError(
+                f"another process is training in {folder} right now; wait for it to end, or give this "
+                "run its own folder (leave hydra.run.dir unset)"
+            )
+        yield
