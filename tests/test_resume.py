@@ -112,3 +112,25 @@ def test_last_checkpoint_holds_the_last_epoch_even_without_improvement(tmp_path:
     # the best checkpoint is still the first epoch's, and the final test used it
     best = json.loads((run_dir / "metrics.json").read_text())["best_model_path"]
     assert Path(best).name == "epoch_000.ckpt"
+
+
+def test_only_where_and_how_fast_a_run_goes_may_differ_on_resume():
+    from omegaconf import OmegaConf
+
+    from stn.utils.resume import config_differences
+
+    saved = OmegaConf.create({
+        "ckpt_path": None, "num_threads": None, "seed": 0,
+        "paths": {"log_dir": "/here/outputs", "output_dir": "/here/outputs/run"},
+        "data": {"data_dir": "/here/data", "batch_size": 64},
+        "trainer": {"devices": 2, "max_epochs": 20},
+        "model": {"optimizer": {"lr": 0.01}},
+        "callbacks": {"hparams": {"overrides": ["seed=0"]}},
+    })  # fmt: skip
+    current = saved.copy()
+    current.num_threads, current.trainer.devices, current.ckpt_path = 2, 1, "last"
+    current.data.data_dir, current.paths.log_dir = "/elsewhere/data", "/elsewhere/outputs"
+    current.callbacks.hparams.overrides = ["seed=0", "ckpt_path=last"]
+    assert config_differences(saved, current) == []
+    current.model.optimizer.lr, current.data.batch_size = 0.5, 128  # what it trains
+    assert config_differences(saved, current) == ["data.batch_size", "model.optimizer.lr"]

@@ -42,7 +42,7 @@ LAST = "last"
 # folder, threads, devices, Hydra's own node) and the command line that started it (the HParams
 # tab's copy), never what it trains. Every other key must be equal, so a new key is compared by
 # default: add it here only if it says where or how fast a run goes, not what it learns
-# (tests/test_resume.py resumes with each of these changed).
+# (tests/test_resume.py: test_only_where_and_how_fast_a_run_goes_may_differ_on_resume).
 MAY_DIFFER = (
     "ckpt_path",
     "paths.",
