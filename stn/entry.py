@@ -42,6 +42,9 @@ def entry(config_name: str, task: Task) -> Callable[[], Any]:
     def cli() -> Any:
         if any(arg.replace('"', "").replace("'", "") == "hydra.run.dir=" for arg in sys.argv[1:]):
             raise SystemExit(f"error: {EMPTY_RUN_DIR}")  # before Hydra writes its record there
+        from stn.utils import set_up
+
+        set_up()  # the resolvers and filters, before Hydra composes
         hold_stderr()
         try:
             return main()

@@ -91,9 +91,12 @@ def eval_task(cfg: DictConfig) -> float | None:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
-    tested = OmegaConf.create({"model": cfg.model, "data": cfg.data, "ckpt_path": cfg.get("ckpt_path"),
-                               "model_name": cfg.get("model_name")})  # fmt: skip
-    write_atomically(output_dir / "evaluated.yaml", OmegaConf.to_yaml(tested, resolve=True))
+    tested = OmegaConf.create({
+        "model": OmegaConf.to_container(cfg.model, resolve=True),  # resolved where they stand
+        "data": OmegaConf.to_container(cfg.data, resolve=True),
+        "ckpt_path": cfg.get("ckpt_path"), "model_name": cfg.get("model_name"),
+    })  # fmt: skip
+    write_atomically(output_dir / "evaluated.yaml", OmegaConf.to_yaml(tested))
     return metrics.get("test/acc")
 
 

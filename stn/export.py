@@ -177,7 +177,9 @@ def export(cfg: DictConfig) -> dict[str, object]:
     stem = Path(str(cfg.model_name or cfg.ckpt_path)).stem
     # a relative output_file goes into this export's run folder, beside its log, not into the
     # folder the command was started from; an absolute one where it says
-    path = Path(cfg.paths.output_dir) / str(cfg.output_file or f"{stem}{FORMATS[fmt]}")
+    path = Path(str(cfg.output_file or f"{stem}{FORMATS[fmt]}"))
+    if not path.is_absolute():
+        path = Path(cfg.paths.output_dir) / path
     report_path = check_output(path, fmt, bool(cfg.get("overwrite", False)))
     raw = str(cfg.get("input", "float")) == "uint8"
     wrapper = PixelsToPrediction(model.network, model.mean, model.std, raw=raw)
