@@ -37,6 +37,7 @@ def entry(config_name: str, task: Task) -> Callable[[], Any]:
         release_stderr()  # Hydra composed the config: from here on, everything shows as it comes
         with user_errors_reported():
             _check_run_dir()
+            check_torch_pair()
             return task(cfg)
 
     def cli() -> Any:
@@ -76,3 +77,25 @@ def _check_run_dir() -> None:
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.RUN and not str(hydra_cfg.run.dir or "").strip():
         raise ConfigError(EMPTY_RUN_DIR)
+
+
+def check_torch_pair() -> None:
+    """torch and torchvision are a matching pair: a torchvision built for another torch fails at its
+    first import with a long traceback (`operator torchvision::nms does not exist`); one sentence."""
+    try:
+        import torchvision  # noqa: F401
+    except (RuntimeError, ImportError, AttributeError) as error:
+        from importlib.metadata import PackageNotFoundError, version
+
+        def installed(package: str) -> str:
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return "none"
+
+        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        raise ConfigError(
+            f"torchvision {installed('torchvision')} cannot be imported beside torch {installed('torch')} "
+            f"({first[:160]}): they are not a matching pair; install one, e.g. "
+            "pip install torch==2.14.1 torchvision==0.29.1 (README, Set up)"
+        ) from None

@@ -75,3 +75,26 @@ def test_an_empty_run_dir_or_a_root_that_is_a_file_is_one_sentence(tmp_path):
         )  # fmt: skip
         assert process.returncode == 1 and sentence in process.stderr and "Traceback" not in process.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]  # nothing written where it started
+
+
+def test_a_torchvision_of_another_torch_is_one_sentence(monkeypatch):
+    """What a mismatched pair does at torchvision's first import, turned into one sentence."""
+    import builtins
+
+    from stn.entry import check_torch_pair
+    from stn.errors import ConfigError
+
+    real_import = builtins.__import__
+
+    def mismatched(name, *args, **kwargs):
+        if name == "torchvision":
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", mismatched)
+    with pytest.raises(
+        ConfigError, match=r"torchvision .* cannot be imported beside torch .*not a matching pair"
+    ):
+        check_torch_pair()
+    monkeypatch.setattr(builtins, "__import__", real_import)
+    check_torch_pair()  # the installed pair imports

@@ -240,3 +240,16 @@ def test_a_checkpoint_and_hparams_yaml_hold_no_data_folder(finished_run: Path, m
     assert str(mnist_dir) not in str(checkpoint.get("hyper_parameters", {}))
     for hparams in finished_run.glob("tensorboard/**/hparams.yaml"):
         assert str(mnist_dir) not in hparams.read_text()
+
+
+def test_a_run_folder_named_from_many_long_overrides_fits_the_file_system(tmp_path: Path):
+    """A run's name is cut to fit a file system's 255 bytes per name, and stays unique: two runs
+    whose long labels agree up to the cut get two folders."""
+    from stn.utils.run_life import new_run_dir, run_label
+
+    overrides = ",".join(f"+note{i}={'x' * 80}" for i in range(6))  # ~500 characters of overrides
+    label = run_label("mnist_rts", "paper_stn", overrides)
+    name = f"2026-12-05_04-00-00{label}"
+    assert len(name.encode()) <= 255
+    first, second = Path(new_run_dir(str(tmp_path / name))), Path(new_run_dir(str(tmp_path / name)))
+    assert first != second and first.is_dir() and second.is_dir()
