@@ -21,10 +21,12 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from stn.errors import UserError
-from stn.utils.files import csv_text, write_atomically
+from stn.errors import ConfigError, UserError
+from stn.utils.files import csv_text, read_bytes, write_atomically
 from stn.utils.runs import plain_yaml, run_folders, saved_config, split_override
 
+MAX_LOG_BYTES = 64 << 20  # a job's log that stn.summarize reads for its error
+MAX_PICTURE_BYTES = 32 << 20  # a job's transform history, put inside summary.html
 METRICS = ("val/acc_best", "val/loss", "test/acc", "test/loss", "time/fit_seconds")
 
 
@@ -59,7 +61,11 @@ def job_error(folder: Path) -> str:
     """The first line of the last error a job logged (its `<task>.log`), or what it lacks."""
     messages = []
     for log_file in sorted(folder.glob("*.log")):
-        for line in log_file.read_text(errors="replace").splitlines():
+        try:  # a bounded regular file: a FIFO or a link to /dev/zero named *.log is skipped
+            text = read_bytes(log_file, MAX_LOG_BYTES).decode("utf-8", errors="replace")
+        except ConfigError:
+            continue
+        for line in text.splitlines():
             match = re.match(r"\[[^\]]*\]\[[^\]]*\]\[ERROR\] - (.*)", line)
             if match:
                 messages.append(match.group(1))
@@ -230,8 +236,12 @@ TELEMETRY = ("scale", "rotation", "shear", "translation", "outside_fraction", "b
 
 
 def _image_tag(path: Path, alt: str) -> str:
-    """An <img> holding the PNG itself (base64), so the page is one file that opens anywhere."""
-    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    """An <img> holding the PNG itself (base64), so the page is one file that opens anywhere; a
+    picture that is not a bounded regular file is left out."""
+    try:
+        encoded = base64.b64encode(read_bytes(path, MAX_PICTURE_BYTES)).decode("ascii")
+    except ConfigError:
+        return f"<p class='note'>{html.escape(alt)}: not a readable picture</p>"
     return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(alt)}">'
 
 

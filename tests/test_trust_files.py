@@ -253,3 +253,22 @@ def test_a_run_folder_named_from_many_long_overrides_fits_the_file_system(tmp_pa
     assert len(name.encode()) <= 255
     first, second = Path(new_run_dir(str(tmp_path / name))), Path(new_run_dir(str(tmp_path / name)))
     assert first != second and first.is_dir() and second.is_dir()
+
+
+def test_a_sweep_jobs_log_or_picture_that_is_not_a_file_does_not_hang_the_summary(
+    finished_run: Path, tmp_path: Path
+):
+    from stn.summarize import main as summarize
+
+    sweep = tmp_path / "sweep"
+    for job in range(2):
+        shutil.copytree(finished_run, sweep / str(job))
+    (sweep / "1" / "metrics.json").unlink()  # a failed job: its error is read from its logs
+    os.mkfifo(sweep / "1" / "train.log")
+    (sweep / "1" / "stuck.log").symlink_to("/dev/zero")
+    (sweep / "0" / "transform_history.png").unlink(missing_ok=True)
+    os.mkfifo(sweep / "0" / "transform_history.png")
+    with within(30):
+        assert summarize([str(sweep)]) == 0
+    page = (sweep / "summary.html").read_text()
+    assert "job 0 transform history" not in page and "job 1: failed" in page  # left out, not waited on
