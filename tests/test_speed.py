@@ -17,8 +17,7 @@ from stn.models.graphed_step import StaticShapeStep
 from stn.utils.checks import cpu_has_native_bf16
 from stn.utils.instantiators import build_model, instantiate_group
 
-from .conftest import check_and_build, compose_config, evaluate, run_rejected, small_run
-from .test_train import SMALL, run
+from .conftest import SMALL, check_and_build, compose_config, evaluate, run, run_rejected, small_run
 
 # every way Python code reads a tensor's value on the host; on a GPU each one waits for the device
 HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__")

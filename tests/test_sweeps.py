@@ -16,8 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from stn.utils.parallel import JobShare, concurrent_jobs, job_share
-from stn.utils.sweep_checks import descendants
+from stn.utils.parallel import JobShare, concurrent_jobs, descendants, job_share
 
 from .conftest import (
     ROOT,

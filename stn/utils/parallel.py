@@ -1,4 +1,5 @@
-"""Sharing one machine between the jobs of a parallel sweep (hydra/launcher=joblib, submitit).
+"""The jobs of a parallel sweep (hydra/launcher=joblib, submitit): sharing one machine between
+them, and stopping them with the sweep.
 
 Without a cap every job starts torch with one thread per core, so N jobs run N x cores threads on
 the cores and all of them slow down; N jobs on one GPU each cache as much memory as they like until
@@ -8,10 +9,17 @@ number, and at most its share of that GPU's memory.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
+import sys
+import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, open_dict
@@ -90,3 +98,48 @@ def apply_job_share(cfg: DictConfig, hydra_cfg: DictConfig | None) -> JobShare:
     if share.threads is not None:
         log.info("torch threads: %d", share.threads)
     return share
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (its children, theirs, ...), from /proc; [] where there is none."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            parents[int(stat.parent.name)] = int(fields[1])
+        except (OSError, IndexError, ValueError):
+            continue  # a process that ended meanwhile
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        found += children
+        frontier += children
+    return found
+
+
+def stop_workers_on_sigterm(grace_seconds: float = 5.0) -> None:
+    """On SIGTERM, a sweep stops its job processes (joblib's loky workers do not get the signal
+    and would go on training into the sweep folder) before it exits with 128 + 15: SIGTERM to each,
+    so a job ends as a stopped run does, then SIGKILL to any still there after `grace_seconds`."""
+
+    def stop(signum: int, frame: Any) -> None:
+        workers = descendants(os.getpid())
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_seconds
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+            time.sleep(0.1)
+            with contextlib.suppress(ChildProcessError):
+                while os.waitpid(-1, os.WNOHANG)[0]:  # reap the ones that ended
+                    pass
+        for pid in descendants(os.getpid()):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        stopped = f"its {len(workers)} job processes were stopped too"
+        print(f"error: the sweep was stopped (SIGTERM); {stopped}", file=sys.stderr)
+        os._exit(128 + signal.SIGTERM)
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)

@@ -5,14 +5,8 @@ sweep has begun. A single run: a misspelled key gets the same "did you mean"."""
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import logging
-import os
-import signal
-import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -163,54 +157,9 @@ def check_slurm(cfg: DictConfig) -> None:
         )
 
 
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (its children, theirs, ...), from /proc; [] where there is none."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-        except (OSError, IndexError, ValueError):
-            continue  # a process that ended meanwhile
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [child for child, ppid in parents.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
-
-
-def stop_workers_on_sigterm(grace_seconds: float = 5.0) -> None:
-    """On SIGTERM, a sweep stops its job processes (joblib's loky workers do not get the signal
-    and would go on training into the sweep folder) before it exits with 128 + 15: SIGTERM to each,
-    so a job ends as a stopped run does, then SIGKILL to any still there after `grace_seconds`."""
-
-    def stop(signum: int, frame: Any) -> None:
-        workers = descendants(os.getpid())
-        for pid in workers:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace_seconds
-        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
-            time.sleep(0.1)
-            with contextlib.suppress(ChildProcessError):
-                while os.waitpid(-1, os.WNOHANG)[0]:  # reap the ones that ended
-                    pass
-        for pid in descendants(os.getpid()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        stopped = f"its {len(workers)} job processes were stopped too"
-        print(f"error: the sweep was stopped (SIGTERM); {stopped}", file=sys.stderr)
-        os._exit(128 + signal.SIGTERM)
-
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, stop)
-
-
 class SweepChecks(Callback):
     """At the start of a multirun (conf/hydra/default.yaml): runs `check_sweep` once, and makes
-    SIGTERM stop the sweep's job processes with it."""
+    SIGTERM stop the sweep's job processes with it (stn/utils/parallel.py)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         release_stderr()  # Hydra composed the sweep: its own messages show as they come from here
@@ -220,6 +169,8 @@ class SweepChecks(Callback):
         except ConfigError as error:
             # a sentence, not a traceback from inside Hydra
             raise SystemExit(f"error: {error}") from None
+        from stn.utils.parallel import stop_workers_on_sigterm
+
         stop_workers_on_sigterm()
 
 
