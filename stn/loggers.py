@@ -1,4 +1,5 @@
-"""A CSV logger that keeps a resumed run's earlier rows.
+"""The loggers' two changes to Lightning's: a CSV logger that keeps a resumed run's earlier rows, and
+a TensorBoard logger without the `epoch` scalar.
 
 Lightning's CSVLogger deletes `metrics.csv` when it starts in a folder that has one, so a resumed
 run's table would begin at the resumed epoch. This one keeps the earlier rows, up to the first step
@@ -10,7 +11,7 @@ from __future__ import annotations
 import csv
 import os
 
-from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
 
@@ -58,3 +59,12 @@ class HistoryCSVLogger(CSVLogger):
             self._fs.makedirs(self.root_dir, exist_ok=True)
             self._experiment = _HistoryWriter(log_dir=self.log_dir)
         return self._experiment
+
+
+class EpochlessTensorBoardLogger(TensorBoardLogger):
+    """TensorBoard without the `epoch` scalar Lightning adds to every write: as a card it sorts
+    first in the Scalars tab and says nothing (the step axis is the run's step; the epoch is in
+    the CSV and in each image's title)."""
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        super().log_metrics({name: value for name, value in metrics.items() if name != "epoch"}, step)

@@ -67,6 +67,8 @@ def test_transform_health_logs_figures_and_stays_quiet_on_a_healthy_run(tmp_path
     for figure in ("scale", "rotation", "shear", "translation", "outside_fraction", "background_fraction"):
         assert f"transform_spread/{figure}" in histograms
         assert len(events.Histograms(f"transform_spread/{figure}")) == 2  # one per validation epoch
+    scalars = set(events.Tags()["scalars"])
+    assert "val/acc" in scalars and "epoch" not in scalars  # no `epoch` card first in Scalars
 
 
 @pytest.mark.slow
