@@ -204,7 +204,9 @@ def write_plot(jobs: list[Job], keys: list[str], metric: str, out: Path) -> Path
         if all(n is not None for n in numbers):
             axis.scatter(numbers, scores)
             positive = [n for n in numbers if n > 0]
-            if len(positive) == len(numbers) and max(positive) / min(positive) > 10:
+            # a learning rate reads on a log axis whatever its span; anything else past 10x
+            step_size = "lr" in key.rsplit(".", 1)[-1]
+            if len(positive) == len(numbers) and (step_size or max(positive) / min(positive) > 10):
                 axis.set_xscale("log")
         else:
             categories = sorted(set(values))
