@@ -161,3 +161,18 @@ def test_tensorboard_shows_what_was_logged_with_its_default_loader(finished_run:
     for tag in ("hp/val/acc_best", "hp/test/acc"):
         values = [event.value for event in events.Scalars(tag)]
         assert values and all(value > 0 for value in values)  # no placeholder 0.0
+
+
+def test_the_hparams_tab_lists_the_command_lines_keys_first():
+    """A sweep's parameters are keys of its jobs' command lines: they come first in the tab, before
+    the choices and the config's usual (mostly constant) keys, and their values win."""
+    from stn.callbacks import HParamsLogger
+
+    logger = HParamsLogger(
+        choices={"data": "mnist", "model": "stn"},
+        hparams={"data": {"batch_size": 64, "train_subset": None}, "model": {"optimizer": {"lr": 0.01}}},
+        overrides=["model.optimizer.lr=0.003", "seed=1", "model=cnn", "hydra.run.dir=x"],
+    )
+    assert list(logger.hparams)[:2] == ["model.optimizer.lr", "seed"]
+    assert logger.hparams["model.optimizer.lr"] == 0.003 and logger.hparams["data"] == "mnist"
+    assert "hydra.run.dir" not in logger.hparams and "data.train_subset" not in logger.hparams

@@ -49,7 +49,11 @@ class HParamsLogger(L.Callback):
         choices = dict(choices or {})
         shown = {group: choices[group] for group in groups if choices.get(group) is not None}
         usual = {key: value for key, value in flatten(hparams or {}).items() if value is not None}
-        self.hparams = shown | usual | override_values(overrides, list(choices))
+        # the keys the command line set come first (a sweep's parameters among them): TensorBoard's
+        # tab shows its columns in this order, and the choices and the config's usual keys follow
+        self.hparams = override_values(overrides, list(choices))
+        for key, value in (shown | usual).items():
+            self.hparams.setdefault(key, value)
         self.metrics = list(metrics)
 
     @rank_zero_only
