@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -98,11 +99,15 @@ def picture(
     The canvas sits in a grey margin a quarter of its size, so a region that reaches past the
     canvas (a transformer zooming out or shifting) shows where it goes."""
     canvas, right = _panel(canvas_pixels[0]), _panel(seen[0])
-    margin = PANEL // 4
+    scale = PANEL / model.canvas
+    region = sampled_outline(model, theta)
+    # the margin grows with a region that reaches past the canvas (up to two canvases), so that
+    # its frame is drawn whole
+    overflow = max(0.0, *(max(-x, -y, x - model.canvas, y - model.canvas) for x, y in region)) * scale
+    margin = min(max(PANEL // 4, math.ceil(overflow) + 4), 2 * PANEL)
     left = Image.new("RGB", (canvas.width + 2 * margin, canvas.height + 2 * margin), MARGIN)
     left.paste(canvas, (margin, margin))
-    scale = PANEL / model.canvas
-    outline = [(margin + x * scale, margin + y * scale) for x, y in sampled_outline(model, theta)]
+    outline = [(margin + x * scale, margin + y * scale) for x, y in region]
     ImageDraw.Draw(left).line([*outline, outline[0]], fill=RED, width=2)
     gap = 8
     height = left.height

@@ -307,3 +307,19 @@ def test_the_numpy_canvas_preparation_is_predicts_own(canvas: int, tmp_path: Pat
         np.testing.assert_allclose(numpy_only[0], ours.numpy(), atol=1e-4)
     with pytest.raises(ValueError, match="no digit found"):
         prepare(Image.new("L", (50, 50), 230))
+
+
+def test_a_region_past_the_canvas_is_drawn_whole():
+    """A transformer zooming out 2x samples a region twice the canvas: the picture's grey margin
+    grows so that the red frame is inside it."""
+    from stn.predict import RED, picture
+
+    model = _model("stn")
+    zoom_out = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]]])
+    pixels = torch.zeros(1, 28, 28)
+    sheet = np.asarray(picture(model, pixels, pixels, zoom_out, "x").convert("RGB"))
+    red = np.all(sheet == np.array(RED), axis=-1)
+    rows, cols = np.nonzero(red)
+    assert rows.min() > 0 and cols.min() > 0  # not cut at the sheet's edge
+    frame_width = cols.max() - cols.min()
+    assert frame_width > 1.9 * 224  # about two canvases wide, all of it drawn
