@@ -12,10 +12,10 @@ platforms=()
 for n in 2_17 2_27 2_28 2_34; do platforms+=(--platform "manylinux_${n}_x86_64"); done
 python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   "${platforms[@]}" --platform manylinux2014_x86_64 -d .whl \
-  hydra-core==1.3.8 omegaconf==2.3.1 hydra-optuna-sweeper==1.3.0 optuna==2.10.1 \
+  hydra-core==1.3.8 omegaconf==2.3.1 optuna==5.1.0 \
   hydra-joblib-launcher==1.2.0 hydra-submitit-launcher==1.2.0 submitit==1.5.4 \
-  "sqlalchemy==1.4.54" "alembic==1.13.3" "Mako==1.4.3" "greenlet==3.5.6" \
-  "cmaes==0.13.1" "colorlog==6.12.0" "typing_extensions==4.16.0"
+  "sqlalchemy==2.1.9" "alembic==1.20.1" "Mako==1.4.3" "greenlet==3.5.6" \
+  "colorlog==6.12.0" "typing_extensions==4.16.0"
 # (optuna's command-line tool, cliff and its own dependencies, is not imported by the sweeper)
 # antlr4-python3-runtime 4.9.3 (what omegaconf 2.3 needs) is a source package: build its wheel
 python3 -m pip wheel --quiet --no-deps -w .whl antlr4-python3-runtime==4.9.3

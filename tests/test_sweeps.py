@@ -100,6 +100,55 @@ def test_two_sweeps_creating_one_study_at_once_both_get_it(tmp_path: Path):
     assert study.direction == optuna.study.StudyDirection.MAXIMIZE
 
 
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        ("a=choice(1, 2, 3)", optuna.distributions.CategoricalDistribution([1, 2, 3])),
+        ("a=1,2", optuna.distributions.CategoricalDistribution([1, 2])),
+        ("a=range(1, 7, 2)", optuna.distributions.IntDistribution(1, 5, step=2)),  # 7 excluded, as Hydra's
+        ("a=interval(1, 8)", optuna.distributions.FloatDistribution(1.0, 8.0)),  # real, as Hydra's
+        ("a=interval(0.1, 0.5)", optuna.distributions.FloatDistribution(0.1, 0.5)),
+        ("a=tag(log, interval(0.001, 0.1))", optuna.distributions.FloatDistribution(0.001, 0.1, log=True)),
+    ],
+)
+def test_the_optuna_search_space_reads_hydras_grammar(override: str, expected):
+    from stn.utils.optuna_sweep import search_space
+
+    searched, fixed = search_space([override, "b=3"])
+    assert searched == {"a": expected} and fixed == {"b": "3"}
+    # the command line wins over the config's params
+    assert search_space([override, "a=0.5"]) == ({}, {"a": "0.5"})
+
+
+def test_a_sweep_without_the_sweeps_extra_names_it(monkeypatch: pytest.MonkeyPatch):
+    import importlib.util
+
+    from stn.errors import ConfigError
+    from stn.utils.sweep_checks import check_sweep_packages
+
+    cfg = compose_config(overrides=["hparams_search=optuna"])
+    check_sweep_packages(cfg)  # installed here
+    found = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else found(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"hydra.sweeper is StnOptunaSweeper, which needs the sweeps extra"):
+        check_sweep_packages(cfg)
+
+
+@pytest.mark.slow
+def test_a_plain_start_does_not_import_optuna():
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['stn.train', '--cfg', 'job']\n"
+        "try:\n    runpy.run_module('stn.train', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "sys.stderr.write(str(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'torch'))))\n"
+    )
+    process = subprocess.run(["python", "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert "model:" in process.stdout  # Hydra composed and printed the config
+    assert process.stderr.strip().splitlines()[-1] == "[]"
+
+
 def _hparams_session(run_dir: Path) -> tuple[set[str], set[str]]:
     """The hparam names and metric tags of the HParams tab in a run's TensorBoard events."""
     from tensorboard.plugins.hparams import plugin_data_pb2

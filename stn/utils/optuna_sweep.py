@@ -1,5 +1,11 @@
-"""Hydra's Optuna sweeper and TPE sampler, made safe to run again and to run twice at once (the
-sweeper itself is a Hydra plugin, so it lives in hydra_plugins/stn_optuna_sweeper/).
+"""The Optuna search behind `hparams_search=optuna`: the search space read from Hydra's override
+grammar, a TPE sampler that resumes, and the checks and study creation that make a study safe to
+run again and twice at once. The sweeper that drives it (ask a trial, launch its job, tell the
+result) is a Hydra plugin, so it lives in hydra_plugins/stn_optuna_sweeper/; it imports this module
+only when a sweep starts, so a plain command never imports Optuna.
+
+- The space: `choice(...)` is categorical, `interval(a, b)` uniform over the reals (`tag(log, ...)`:
+  log-uniform), `range(a, b, s)` the values Hydra's range gives (b excluded).
 
 - A study kept on disk (`hydra.sweeper.storage=sqlite:///...`) and run again draws *new* points:
   a seeded sampler would otherwise draw the very points of its first run again. The seed is moved
@@ -19,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep, Transformer
 from omegaconf import ListConfig
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.samplers import TPESampler
 
 from stn.errors import ConfigError
@@ -91,3 +105,45 @@ def create_study(storage: str, study_name: str | None, directions: list[str], at
             if attempt == attempts - 1:
                 raise
             time.sleep(0.1 * (attempt + 1))
+
+
+def distribution_of(override: Override) -> BaseDistribution:
+    """Optuna's distribution for one sweep override of Hydra's grammar (the space is checked
+    non-empty before, by `stn.utils.sweep_checks.check_space`)."""
+    space = override.value()
+    if isinstance(space, IntervalSweep):  # Hydra's intervals are real (interval(1, 8) too)
+        return FloatDistribution(float(space.start), float(space.end), log="log" in space.tags)
+    values = list(override.sweep_iterator(transformer=Transformer.encode))
+    if isinstance(space, RangeSweep) and not space.shuffle and len(values) > 1:
+        step = values[1] - values[0]
+        if all(isinstance(v, int) for v in values) and step > 0:
+            return IntDistribution(values[0], values[-1], step=step)
+        if step > 0:
+            return FloatDistribution(float(values[0]), float(values[-1]), step=float(step))
+    if not isinstance(space, (ChoiceSweep, RangeSweep)) and len(values) != 1:
+        raise ConfigError(f"{override.input_line} is a sweep Optuna cannot search")
+    return CategoricalDistribution(values)
+
+
+def search_space(arguments: list[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
+    """(the searched keys and their distributions, the fixed keys and their values) from the
+    sweeper's `params` and the command line's overrides, in that order (the command line wins)."""
+    searched: dict[str, BaseDistribution] = {}
+    fixed: dict[str, str] = {}
+    for override in OverridesParser.create().parse_overrides(arguments):
+        key = override.get_key_element()
+        searched.pop(key, None)
+        fixed.pop(key, None)
+        if override.is_sweep_override():
+            searched[key] = distribution_of(override)
+        else:
+            fixed[key] = override.get_value_element_as_str()
+    return searched, fixed
+
+
+def objective_values(value: Any, count: int) -> list[float]:
+    """A job's return value as the study's objective values (one per direction)."""
+    values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    if len(values) != count:
+        raise ValueError(f"the job returned {len(values)} values for {count} directions: {value!r}")
+    return [float(v) for v in values]

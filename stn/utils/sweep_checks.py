@@ -1,7 +1,8 @@
-"""Checks on a command line before anything runs. A sweep, before any of its jobs start: every swept
-key exists (else the nearest valid ones are named) and every search space is non-empty; Hydra
-would otherwise fail each job on its own, or hand Optuna an interval it cannot sample, after the
-sweep has begun. A single run: a misspelled key gets the same "did you mean"."""
+"""Checks on a command line before anything runs. A sweep, before any of its jobs start: its
+sweeper and launcher are installed (the `sweeps` extra), every swept key exists (else the nearest
+valid ones are named) and every search space is non-empty; Hydra would otherwise fail each job on
+its own, or hand Optuna an interval it cannot sample, after the sweep has begun. A single run: a
+misspelled key gets the same "did you mean"."""
 
 from __future__ import annotations
 
@@ -106,6 +107,26 @@ def check_sweep(cfg: DictConfig) -> None:
 
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+# what each sweep plugin imports, all from the `sweeps` extra
+SWEEP_PACKAGES = {
+    "hydra_plugins.stn_optuna_sweeper.": ("hydra.sweeper", "optuna"),
+    "hydra_plugins.hydra_joblib_launcher.": ("hydra.launcher", "hydra_plugins.hydra_joblib_launcher"),
+    "hydra_plugins.hydra_submitit_launcher.": ("hydra.launcher", "hydra_plugins.hydra_submitit_launcher"),
+}
+
+
+def check_sweep_packages(cfg: DictConfig) -> None:
+    """The sweeper and launcher a multirun asks for are installed (the `sweeps` extra), else one
+    sentence that says how to install them, not Hydra's "Unknown plugin class"."""
+    import importlib.util
+
+    for prefix, (key, package) in SWEEP_PACKAGES.items():
+        target = str(OmegaConf.select(cfg, f"{key}._target_", default="") or "")
+        if target.startswith(prefix) and importlib.util.find_spec(package) is None:
+            raise ConfigError(
+                f"{key} is {target.split('.')[-1]}, which needs the sweeps extra "
+                f'({package} is not installed): pip install -e ".[sweeps]"'
+            )
 
 
 def _sinfo(*fields: str) -> list[list[str]]:
@@ -164,6 +185,7 @@ class SweepChecks(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         release_stderr()  # Hydra composed the sweep: its own messages show as they come from here
         try:
+            check_sweep_packages(config)
             check_sweep(config)
             check_slurm(config)
         except ConfigError as error:
