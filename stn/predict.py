@@ -136,30 +136,46 @@ def picture_names(files: list[Path]) -> dict[Path, str]:
 
 
 @torch.no_grad()
+def look(model: TrainedModel, canvas_pixels: torch.Tensor, top_k: int) -> dict[str, Any]:
+    """What the model makes of one canvas ((1, S, S) pixels in [0, 1], white on black): the
+    prediction, the top `top_k`, theta, the sampled region's corners on the canvas, and what the
+    classifier saw (`seen`, (1, h, w) pixels in [0, 1]). Predict and the demo page both use it."""
+    images = ((canvas_pixels - model.mean) / model.std)[None]  # (1, 1, S, S) normalised as in training
+    seen, theta = model.network.transform(images)
+    probabilities = model.network.classifier(seen).softmax(dim=1)[0]  # (classes,)
+    top = probabilities.topk(min(top_k, probabilities.numel()))
+    return {
+        "prediction": int(top.indices[0]),
+        "probability": float(top.values[0]),
+        "top": [[int(i), round(float(p), 6)] for i, p in zip(top.indices, top.values, strict=True)],
+        "theta": theta,
+        "region_canvas": region_corners(model, theta),  # (4, 2)
+        "seen": (seen[0] * model.std + model.mean).clamp(0, 1),  # back to [0, 1] pixels
+    }
+
+
+@torch.no_grad()
 def predict_image(
     model: TrainedModel, path: Path, invert: bool | None, top_k: int, out_dir: Path, name: str
 ) -> dict[str, Any]:
     """One image's prediction and pictures (written to `out_dir` as `<name>.*.png`)."""
     canvas_pixels, inverted, placement = to_canvas(read_grey(path), model.canvas, invert)  # (1, S, S)
-    images = ((canvas_pixels - model.mean) / model.std)[None]  # (1, 1, S, S) normalised as in training
-    seen, theta = model.network.transform(images)
-    probabilities = model.network.classifier(seen).softmax(dim=1)[0]  # (classes,)
-    top = probabilities.topk(min(top_k, probabilities.numel()))
-    prediction, probability = int(top.indices[0]), float(top.values[0])
+    seen = look(model, canvas_pixels, top_k)
+    theta, on_canvas = seen["theta"], seen["region_canvas"]
     picture_file = out_dir / f"{name}.stn.png"
-    caption = f"{path.name}: {prediction} ({100 * probability:.1f}%)" + (", inverted" if inverted else "")
-    seen_pixels = (seen[0] * model.std + model.mean).clamp(0, 1)  # back to [0, 1] pixels
-    picture(model, canvas_pixels, seen_pixels, theta, caption).save(picture_file)
+    caption = f"{path.name}: {seen['prediction']} ({100 * seen['probability']:.1f}%)" + (
+        ", inverted" if inverted else ""
+    )
+    picture(model, canvas_pixels, seen["seen"], theta, caption).save(picture_file)
     # at native resolution: the model's input (white on black, its canvas) and the warped crop
     canvas_file, crop_file = out_dir / f"{name}.input.png", out_dir / f"{name}.crop.png"
     _grey(canvas_pixels[0]).save(canvas_file)
-    _grey(seen_pixels[0]).save(crop_file)
-    on_canvas = region_corners(model, theta)  # (4, 2)
+    _grey(seen["seen"][0]).save(crop_file)
     return {
         "file": str(path),
-        "prediction": prediction,
-        "probability": round(probability, 6),
-        "top": [[int(i), round(float(p), 6)] for i, p in zip(top.indices, top.values, strict=True)],
+        "prediction": seen["prediction"],
+        "probability": round(seen["probability"], 6),
+        "top": seen["top"],
         "theta": [round(float(v), 6) for v in theta.flatten()] if theta is not None else [],
         "region": [[round(float(x), 2), round(float(y), 2)] for x, y in placement.to_image(on_canvas)],
         "region_canvas": [[round(float(x), 3), round(float(y), 3)] for x, y in on_canvas],

@@ -35,7 +35,7 @@ class ImageError(UserError):
     """An image that cannot be read or holds no digit."""
 
 
-def _levels(image: Image.Image) -> np.ndarray:
+def grey_levels(image: Image.Image) -> np.ndarray:
     """(H, W) grey levels in [0, 1] of an image in any mode: 8-bit, 16- and 32-bit integers and
     floats (a scientific TIFF) are scaled by their own range rather than clipped to 0 or 255."""
     if image.mode in ("RGBA", "LA", "P"):
@@ -62,7 +62,7 @@ def read_grey(path: Path) -> torch.Tensor:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 image.load()
-                grey = _levels(image)
+                grey = grey_levels(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise ImageError(
             f"{path} is too large to read safely (more than {Image.MAX_IMAGE_PIXELS:,} pixels); "
