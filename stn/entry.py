@@ -1,6 +1,7 @@
 """The command line of every entry point (train, eval, predict, export): one decorator.
 
     cli = entry("train.yaml", train_task)   # then `python -m stn.train ...`, `stn-train ...`
+    cli = entry("predict.yaml", "stn.inference.predict:predict")  # imported when the task runs
 
 It is Hydra's main over conf/<config_name> with the task wrapped in `user_errors_reported` (one
 sentence, no traceback), and what Hydra refuses before the task starts (a misspelled key, a wrong
@@ -23,14 +24,28 @@ from stn.errors import ConfigError, hold_stderr, release_stderr, stderr_held, us
 from stn.paths import CONF_DIR
 
 Task = Callable[[DictConfig], Any]
+
+
+def _task(task: Task | str) -> Task:
+    """The task itself, or the one a "module:function" reference names (imported now, after Hydra
+    has composed the config, so that nothing heavy is imported before)."""
+    if not isinstance(task, str):
+        return task
+    import importlib
+
+    module, _, function = task.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
 EMPTY_RUN_DIR = (
     "hydra.run.dir is empty, which would write the run into the folder the command was started from; "
     "name a folder (hydra.run.dir=outputs/mine) or leave it unset (outputs/<task>/runs/...)"
 )
 
 
-def entry(config_name: str, task: Task) -> Callable[[], Any]:
-    """The console script / `python -m` function of an entry point whose work is `task(cfg)`."""
+def entry(config_name: str, task: Task | str) -> Callable[[], Any]:
+    """The console script / `python -m` function of an entry point whose work is `task(cfg)`;
+    `task` may be a "module:function" reference, imported only when the task runs."""
 
     @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=config_name)
     def main(cfg: DictConfig) -> Any:
@@ -38,7 +53,7 @@ def entry(config_name: str, task: Task) -> Callable[[], Any]:
         with user_errors_reported():
             _check_run_dir()
             check_torch_pair()
-            return task(cfg)
+            return _task(task)(cfg)
 
     def cli() -> Any:
         if any(arg.replace('"', "").replace("'", "") == "hydra.run.dir=" for arg in sys.argv[1:]):

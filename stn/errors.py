@@ -226,8 +226,17 @@ def user_errors_reported() -> Iterator[None]:
             raise
         if user_error is None:
             raise
+        _to_log_files(f"error: {user_error}")  # the run folder's log ends with why it ended
         print(f"error: {user_error}", file=sys.stderr)
         sys.exit(getattr(user_error, "exit_code", 1))
+
+
+def _to_log_files(message: str) -> None:
+    """`message` into the log files only (the run folder's <task>.log): stderr gets it once, as is."""
+    record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 # -- Hydra's refusals as one sentence: what Hydra writes to stderr before a command's task starts is

@@ -141,6 +141,12 @@ def _fit_and_test(
         output_dir.mkdir(parents=True, exist_ok=True)
         write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
         log.info("Final metrics:\n%s", json.dumps(metrics, indent=2, sort_keys=True))
+        finished = ", ".join(
+            f"{key} {metrics[key]:.4f}" for key in ("val/acc_best", "test/acc") if key in metrics
+        )
+        log.info(
+            "Finished: %s; metrics.json and the checkpoints are in %s", finished or "no metrics", output_dir
+        )
     return metrics
 
 

@@ -211,5 +211,6 @@ FINISHED = [*TINY, "data.test_subset=128"]
 
 
 def jobs_of(sweep: Path) -> list[Path]:
-    """A multirun's job folders, in job order."""
-    return sorted((p for p in sweep.iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+    """A multirun's job folders (`<job number>_<overrides>`), in job order."""
+    numbered = [p for p in sweep.iterdir() if p.is_dir() and p.name.split("_")[0].isdigit()]
+    return sorted(numbered, key=lambda p: int(p.name.split("_")[0]))

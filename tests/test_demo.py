@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from stn.demo import Demo
+from stn.inference.demo import Demo
 from stn.loading import zoo_model
 
 from .conftest import ROOT, cli_command, cli_env
@@ -148,8 +148,8 @@ def _connect(client_class, url: str, server: subprocess.Popen, seconds: float = 
     ],
 )
 def test_a_bad_demo_option_is_refused_before_serving(override: str, message: str):
-    from stn.demo import serve
     from stn.errors import UserError
+    from stn.inference.demo import serve
 
     from .conftest import compose_config
 

@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from stn.data import MNISTDataError, MNISTDataModule
 from stn.errors import ArgumentError, ConfigError, check, check_value, integers, numbers, one_of
-from stn.eval import evaluate as evaluate_in_process
+from stn.inference.evaluate import evaluate as evaluate_in_process
 from stn.summarize import load_jobs
 from stn.utils.checks import check_config
 from stn.utils.run_life import new_run_dir

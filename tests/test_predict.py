@@ -15,9 +15,9 @@ from PIL import Image, ImageDraw, ImageFont
 from torchvision.datasets import MNIST
 
 from stn.data.images import ImageError, read_grey, to_canvas
-from stn.export import PixelsToPrediction, export_onnx, export_torchscript, run_exported
+from stn.inference.export import PixelsToPrediction, export_onnx, export_torchscript, run_exported
+from stn.inference.predict import sampled_outline
 from stn.loading import ZOO_DIR, TrainedModel, sha256, zoo_manifest, zoo_model
-from stn.predict import sampled_outline
 from stn.utils.instantiators import build
 from stn.zoo import accuracy_on_test_set
 
@@ -225,7 +225,7 @@ def test_a_raw_pixel_onnx_file_reads_a_png_as_pil_gives_it(tmp_path: Path, mnist
     """input=uint8: the 8-bit values of a PNG, read with PIL, go straight in; no normalising by hand."""
     import onnxruntime
 
-    from stn.export import export
+    from stn.inference.export import export
 
     cfg = compose_config("export.yaml", ["model_name=stn_mnist", "input=uint8", "check_images=16"])
     cfg.output_file, cfg.data_dir = str(tmp_path / "raw.onnx"), str(mnist_dir)
@@ -263,7 +263,7 @@ def test_a_canvas_position_maps_back_to_the_images_own_pixels():
 def test_predict_gives_the_sampled_region_in_the_images_pixels(tmp_path: Path, name: str):
     """At the identity the region is the whole canvas, and in the image's pixels it is the
     canvas's corners mapped back through the placement."""
-    from stn.predict import predict_image
+    from stn.inference.predict import predict_image
 
     model = _model(name)
     if model.network.transformer is not None:
@@ -312,7 +312,7 @@ def test_the_numpy_canvas_preparation_is_predicts_own(canvas: int, tmp_path: Pat
 def test_a_region_past_the_canvas_is_drawn_whole():
     """A transformer zooming out 2x samples a region twice the canvas: the picture's grey margin
     grows so that the red frame is inside it."""
-    from stn.predict import RED, picture
+    from stn.inference.predict import RED, picture
 
     model = _model("stn")
     zoom_out = torch.tensor([[[2.0, 0.0, 0.0], [0.0, 2.0, 0.0]]])

@@ -81,16 +81,22 @@ def test_missing_data_stops_with_the_path(tmp_path: Path):
 @pytest.mark.slow
 def test_multirun_makes_one_folder_per_job_and_survives_a_failing_job(tmp_path: Path, mnist_dir: Path):
     sweep_dir = tmp_path / "sweep"
-    process, _ = multirun(
+    process, jobs = multirun(
         *SMALL, "model.localization.depth=1,2,9", sweep=sweep_dir, data_dir=mnist_dir, check=False
     )
-    for job in ("0", "1"):
-        assert (sweep_dir / job / "metrics.json").is_file(), process.stderr[-3000:]
-        assert (sweep_dir / job / "checkpoints" / "last.ckpt").is_file()
+    # each job's folder is named by its number and overrides, as a run folder is
+    assert [job.name.split("_")[0] for job in jobs] == ["0", "1", "2"]
+    assert all(
+        f"model.localization.depth={depth}" in job.name for job, depth in zip(jobs, (1, 2, 9), strict=True)
+    )
+    for job in jobs[:2]:
+        assert (job / "metrics.json").is_file(), process.stderr[-3000:]
+        assert (job / "checkpoints" / "last.ckpt").is_file()
+        assert "Finished: val/acc_best " in (job / "train.log").read_text().splitlines()[-1]
     # the third job is rejected at start and reported; the sweep as a whole fails
     assert process.returncode != 0
-    assert "model.localization.depth=9 is out of range" in (sweep_dir / "2" / "train.log").read_text()
-    assert not (sweep_dir / "2" / "metrics.json").exists()
+    assert "model.localization.depth=9 is out of range" in (jobs[2] / "train.log").read_text()
+    assert not (jobs[2] / "metrics.json").exists()
 
 
 @pytest.mark.slow
@@ -234,7 +240,7 @@ def test_the_shared_run_folder_is_what_the_command_leaves(finished_run: Path):
 
 
 def test_the_test_loss_is_the_same_at_any_batch_size(mnist_dir: Path):
-    from stn.eval import evaluate as evaluate_in_process
+    from stn.inference.evaluate import evaluate as evaluate_in_process
 
     losses = {}
     for batch_size in (64, 256, 1000):

@@ -21,10 +21,10 @@ from omegaconf import OmegaConf, open_dict
 from PIL import Image
 
 from stn.errors import ConfigError, RunInterrupted, UserError
-from stn.eval import evaluate
-from stn.export import export
+from stn.inference.evaluate import evaluate
+from stn.inference.export import export
+from stn.inference.predict import predict
 from stn.loading import checkpoint_model, sha256, zoo_manifest, zoo_model
-from stn.predict import predict
 from stn.train import train
 from stn.utils.resume import _move_log
 from stn.utils.run_life import created_here, new_run_dir, run_lock

@@ -135,6 +135,8 @@ def test_sigterm_to_the_process_group_with_dataloader_workers_is_the_sentence(
     stderr = process.stderr.read().decode()
     assert "the run was stopped (SIGTERM)" in stderr and "is incomplete" in stderr
     assert "killed by signal" not in stderr and "Traceback" not in stderr
+    # the run folder's log ends with the same sentence: the folder says why the run ended
+    assert "error: the run was stopped (SIGTERM)" in (run_dir / "train.log").read_text().splitlines()[-1]
 
 
 @pytest.mark.parametrize(
