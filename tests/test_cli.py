@@ -1,5 +1,6 @@
-"""The command line answers before torch and Lightning are imported (`--cfg`, refused command lines,
-tab completion, `stn.zoo list`), and Hydra's refusals become one sentence with the nearest names."""
+"""The command line answers before torch and Lightning are imported (`--cfg` of every command,
+refused command lines, tab completion, `stn.zoo list`), Optuna and Gradio only when a sweep or the
+demo page starts, and Hydra's refusals become one sentence with the nearest names."""
 
 from __future__ import annotations
 
@@ -37,6 +38,11 @@ def test_a_refused_command_line_is_one_sentence_with_the_nearest_names(args: lis
     ("command", "expected_status"),
     [
         (["stn.train", "--cfg", "job"], 0),
+        (["stn.eval", "--cfg", "job"], 0),
+        (["stn.predict", "--cfg", "job"], 0),
+        (["stn.export", "--cfg", "job"], 0),
+        (["stn.demo", "--cfg", "job"], 0),
+        (["stn.predict", "top_kk=3"], 1),
         (["stn.train", "model=stnn"], 1),
         (["stn.train", "-sc", "query=bash"], 0),
         (["stn.zoo", "list"], 0),
@@ -53,6 +59,7 @@ def test_the_command_line_answers_before_torch_and_lightning_are_imported(
     assert process.returncode == expected_status, process.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in process.stderr.splitlines() if "|" in line}
     assert "torch" not in imported and "lightning" not in imported
+    assert "optuna" not in imported and "gradio" not in imported  # the sweeps and demo extras: when used
     if command[1:] == ["model=stnn"]:
         said = [line for line in process.stderr.splitlines() if not line.startswith("import time:")]
         assert len(said) == 1 and said[0].startswith("error: model=stnn is not an option of the model group")

@@ -136,19 +136,6 @@ def test_a_sweep_without_the_sweeps_extra_names_it(monkeypatch: pytest.MonkeyPat
         check_sweep_packages(cfg)
 
 
-@pytest.mark.slow
-def test_a_plain_start_does_not_import_optuna():
-    code = (
-        "import runpy, sys\n"
-        "sys.argv = ['stn.train', '--cfg', 'job']\n"
-        "try:\n    runpy.run_module('stn.train', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-        "sys.stderr.write(str(sorted(m for m in sys.modules if m.split('.')[0] in ('optuna', 'torch'))))\n"
-    )
-    process = subprocess.run(["python", "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert "model:" in process.stdout  # Hydra composed and printed the config
-    assert process.stderr.strip().splitlines()[-1] == "[]"
-
-
 def _hparams_session(run_dir: Path) -> tuple[set[str], set[str]]:
     """The hparam names and metric tags of the HParams tab in a run's TensorBoard events."""
     from tensorboard.plugins.hparams import plugin_data_pb2
