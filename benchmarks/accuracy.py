@@ -23,8 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.machine import describe_machine
+from stn.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 RUNS = {
     "stn": ["model=stn"],  # the default recipe
     "cnn": ["model=cnn"],

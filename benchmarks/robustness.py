@@ -22,8 +22,8 @@ from torchvision.datasets import MNIST
 from torchvision.transforms.v2 import functional as TF
 
 from stn.loading import TrainedModel, checkpoint_model, zoo_manifest, zoo_model
+from stn.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 SEED = 2026
 
 

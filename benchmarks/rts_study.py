@@ -31,10 +31,10 @@ from pathlib import Path
 from benchmarks.machine import describe_machine
 from benchmarks.paper_length import error_against_length_axes, row_name
 from stn.paper_table import PAPER, POLAR_TRANSFORMER_STN, cell, confidence_interval
+from stn.paths import ROOT
 from stn.utils.files import csv_text, file_lock, write_atomically
 from stn.utils.runs import RunFolder
 
-ROOT = Path(__file__).resolve().parents[1]
 CSV = ROOT / "docs" / "paper" / "rts_study.csv"
 HEADER = [
     "variant",

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from benchmarks.machine import describe_machine
+from stn.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = 55_000
 
 

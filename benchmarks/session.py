@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 
 from benchmarks.machine import describe_machine
+from stn.paths import ROOT
 from stn.utils.runs import saved_config
 
-ROOT = Path(__file__).resolve().parents[1]
 TRAIN_IMAGES = 55_000
 PARTS = ("throughput", "default", "fast", "startup", "scaling", "sweep", "tests")
 

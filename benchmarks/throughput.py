@@ -42,9 +42,9 @@ from benchmarks.machine import describe_machine
 from stn.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
 from stn.models import ConvClassifier, LocalizationNet, SpatialTransformer, STNClassifier
 from stn.models.acceleration import compile_mode_for, to_channels_last
+from stn.paths import ROOT
 from stn.utils.instantiators import build_model, instantiate_group
 
-ROOT = Path(__file__).resolve().parents[1]
 BATCH = 64
 
 # (c) with one option changed: name -> overrides on top of the default config

@@ -1,5 +1,6 @@
 """The loggers' two changes to Lightning's: a CSV logger that keeps a resumed run's earlier rows, and
-a TensorBoard logger without the `epoch` scalar.
+a TensorBoard logger without the `epoch` scalar; and `logged_metrics`, what a run's metrics.json
+holds, read the one way train and eval read it.
 
 Lightning's CSVLogger deletes `metrics.csv` when it starts in a folder that has one, so a resumed
 run's table would begin at the resumed epoch. This one keeps the earlier rows, up to the first step
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import os
 
+import lightning as L
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -68,3 +70,8 @@ class EpochlessTensorBoardLogger(TensorBoardLogger):
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         super().log_metrics({name: value for name, value in metrics.items() if name != "epoch"}, step)
+
+
+def logged_metrics(trainer: L.Trainer) -> dict[str, float]:
+    """Every metric the last fit or test logged (`trainer.callback_metrics`), as plain floats."""
+    return {name: float(value) for name, value in trainer.callback_metrics.items()}

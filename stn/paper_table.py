@@ -31,10 +31,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchvision.utils import make_grid, save_image
 
-from stn.callbacks.transform_grid import at_input_size
 from stn.errors import UserError
 from stn.loading import checkpoint_model
-from stn.pictures import labelled_rows
+from stn.pictures import at_input_size, labelled_rows
 from stn.utils.files import csv_text, write_atomically
 from stn.utils.runs import run_folders
 
@@ -250,7 +249,8 @@ def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
         for run in sorted(runs, key=lambda r: (r.seed is None, r.seed)):
             if run.variant == variant and run.model not in chosen and Path(run.checkpoint).is_file():
                 chosen[run.model] = run
-        transformers = [m for m in MODELS if m in chosen and m not in ("cnn", "fcn", "paper_cnn")]
+        networks = {m: checkpoint_model(Path(chosen[m].checkpoint)).network for m in MODELS if m in chosen}
+        transformers = [m for m, network in networks.items() if network.transformer is not None]
         if not transformers:
             continue
         cfg = chosen[transformers[0]].config
@@ -260,9 +260,8 @@ def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
         images, _ = datamodule.test_set.batch(slice(None))
         rows = [images]
         for model_name in transformers:
-            network = checkpoint_model(Path(chosen[model_name].checkpoint)).network
             with torch.no_grad():
-                rows.append(at_input_size(network.transform(images)[0], images))
+                rows.append(at_input_size(networks[model_name].transform(images)[0], images))
         pixels = torch.cat(rows) * cfg.data.std + cfg.data.mean
         path = out / f"paper_{variant}.png"
         grid = make_grid(pixels.clamp(0, 1), nrow=count, padding=2, pad_value=1.0)

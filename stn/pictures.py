@@ -38,6 +38,14 @@ def labelled_rows(grid: torch.Tensor, labels: list[str], label_width: int = 96) 
     return torch.cat([column, grid], dim=2)
 
 
+def at_input_size(transformed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The transformer's output shown at its input's size (nearest neighbour, so no pixels are
+    invented), for grids that put the two side by side when the transformer samples a smaller image."""
+    if transformed.shape[-2:] == images.shape[-2:]:
+        return transformed
+    return torch.nn.functional.interpolate(transformed, size=images.shape[-2:], mode="nearest")
+
+
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) in [0, 1] as a PIL image."""
     return Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))

@@ -91,6 +91,7 @@ def _fit_and_test(
 ) -> dict[str, float | str]:
     import lightning as L
 
+    from stn.loggers import logged_metrics
     from stn.models import parameter_counts
     from stn.utils.config_tree import show_config
     from stn.utils.files import write_atomically
@@ -121,7 +122,7 @@ def _fit_and_test(
         with stopped_runs_reported(trainer, cfg):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics["time/fit_seconds"] = fit_seconds(trainer, time.perf_counter() - start)
-        metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
+        metrics.update(logged_metrics(trainer))
 
     if cfg.get("test", True):
         checkpoint = trainer.checkpoint_callback
@@ -133,7 +134,7 @@ def _fit_and_test(
             )
         with stopped_runs_reported(trainer, cfg, testing=True):
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update({name: float(value) for name, value in trainer.callback_metrics.items()})
+        metrics.update(logged_metrics(trainer))
         metrics["best_model_path"] = best
 
     if trainer.is_global_zero:  # DDP: the other ranks hold the same synced metrics

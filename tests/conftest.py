@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.datasets import MNIST
 
+from stn.paths import CONF_DIR, ROOT
 from stn.utils.checks import check_config
 from stn.utils.instantiators import build, build_model
 
@@ -23,9 +24,29 @@ from stn.utils.instantiators import build, build_model
 # every other test pins trainer.accelerator=cpu, so the suite means the same on both machines
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = ROOT / "conf"
 RAW_FILES = [name for name, _ in MNIST.resources]
+
+
+@pytest.fixture(autouse=True)
+def _launching_a_process_is_slow(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A test that launches a Python process (a command, a server, a worker script) must be marked
+    `slow`, which leaves it out of the fast lane: outside `slow` tests, starting one fails the test
+    at once, so the fast lane stays fast by construction. (Libraries' own short calls, `uname`,
+    `lscpu`, still run.)"""
+    if request.node.get_closest_marker("slow") is not None:
+        return
+    popen_init = subprocess.Popen.__init__
+
+    def guarded(self, args, *rest, **kwargs):
+        program = Path(str(args[0] if isinstance(args, list | tuple) else args).split()[0]).name
+        if program.startswith("python") or program == Path(sys.executable).name:
+            raise AssertionError(
+                f"{request.node.nodeid} launches a Python process ({' '.join(map(str, args))[:200]}): "
+                "mark it @pytest.mark.slow"
+            )
+        popen_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded)
 
 
 def _mnist_source() -> Path:
@@ -197,7 +218,7 @@ def multirun(
     return process, jobs_of(sweep) if sweep.is_dir() else []
 
 
-def evaluate(checkpoint: Path, *overrides: str, run_dir: Path, data_dir: Path) -> str:
+def eval_command(checkpoint: Path, *overrides: str, run_dir: Path, data_dir: Path) -> str:
     """`python -m stn.eval ckpt_path=<checkpoint>` on 256 test images on the CPU: its output."""
     return run(
         "stn.eval", f"ckpt_path={checkpoint}", "data.test_subset=256", "trainer.accelerator=cpu",

@@ -105,3 +105,10 @@ def test_a_torchvision_of_another_torch_is_one_sentence(monkeypatch):
         check_torch_pair()
     monkeypatch.setattr(builtins, "__import__", real_import)
     check_torch_pair()  # the installed pair imports
+
+
+def test_a_fast_test_cannot_launch_a_python_process():
+    """The fast lane stays fast by construction (conftest's guard): outside `slow`, it fails."""
+    with pytest.raises(AssertionError, match="mark it @pytest.mark.slow"):
+        subprocess.run([sys.executable, "-c", "pass"], check=False)
+    assert subprocess.run(["true"], check=False).returncode == 0  # other programs still run

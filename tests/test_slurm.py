@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TINY, assert_one_sentence_error, cli_command, cli_env, jobs_of, multirun, run
+from stn.paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+from .conftest import TINY, assert_one_sentence_error, cli_command, cli_env, jobs_of, multirun, run
 
 
 def _cluster_answers() -> str:

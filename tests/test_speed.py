@@ -17,7 +17,7 @@ from stn.models.graphed_step import StaticShapeStep
 from stn.utils.checks import cpu_has_native_bf16
 from stn.utils.instantiators import build_model, instantiate_group
 
-from .conftest import SMALL, check_and_build, compose_config, evaluate, run, run_rejected, small_run
+from .conftest import SMALL, check_and_build, compose_config, eval_command, run, run_rejected, small_run
 
 # every way Python code reads a tensor's value on the host; on a GPU each one waits for the device
 HOST_READS = ("item", "tolist", "numpy", "__bool__", "__int__", "__float__")
@@ -160,7 +160,9 @@ def test_compiled_run_trains_and_its_checkpoint_loads_without_compile(
     )  # fmt: skip
     assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] > 0.3
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert "test/acc" in evaluate(last, "model.compile=false", run_dir=tmp_path / "eval", data_dir=mnist_dir)
+    assert "test/acc" in eval_command(
+        last, "model.compile=false", run_dir=tmp_path / "eval", data_dir=mnist_dir
+    )
 
 
 # -- the graphed training step (model.cuda_graph): on a CPU the same padded arithmetic, eagerly --

@@ -13,7 +13,7 @@ from PIL import Image
 from stn.errors import UserError
 from stn.train import train
 
-from .conftest import SMALL, compose_config, evaluate, multirun, run, run_rejected, small_run
+from .conftest import SMALL, compose_config, eval_command, multirun, run, run_rejected, small_run
 
 
 def test_train_in_process_returns_metrics(cfg_train):
@@ -48,7 +48,9 @@ def test_train_subprocess_ends_with_checkpoint_metrics_and_events(tmp_path: Path
     state = torch.load(resumed / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert state["epoch"] == 2  # epochs 0 and 1 from the first run, epoch 2 after resuming
 
-    output = evaluate(resumed / "checkpoints" / "last.ckpt", run_dir=tmp_path / "eval", data_dir=mnist_dir)
+    output = eval_command(
+        resumed / "checkpoints" / "last.ckpt", run_dir=tmp_path / "eval", data_dir=mnist_dir
+    )
     assert "test/acc" in output
 
 
@@ -128,7 +130,9 @@ def test_distorted_variant_trains_end_to_end(tmp_path: Path, mnist_dir: Path):
     )
     assert "test/acc" in json.loads((run_dir / "metrics.json").read_text())
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert "test/acc" in evaluate(last, "data=mnist_cluttered", run_dir=tmp_path / "eval", data_dir=mnist_dir)
+    assert "test/acc" in eval_command(
+        last, "data=mnist_cluttered", run_dir=tmp_path / "eval", data_dir=mnist_dir
+    )
 
 
 @pytest.mark.slow

@@ -6,20 +6,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torchvision.utils import make_grid
 
-from stn.pictures import captioned, labelled_rows, rgb, to_pil
-
-
-def at_input_size(transformed: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-    """The transformer's output shown at its input's size (nearest neighbour, so no pixels are
-    invented), for grids that put the two side by side when the transformer samples a smaller image."""
-    if transformed.shape[-2:] == images.shape[-2:]:
-        return transformed
-    return F.interpolate(transformed, size=images.shape[-2:], mode="nearest")
+from stn.callbacks.validation_images import first_validation_images
+from stn.pictures import at_input_size, captioned, labelled_rows, rgb, to_pil
 
 
 class TransformGridLogger(L.Callback):
@@ -57,15 +49,12 @@ class TransformGridLogger(L.Callback):
                 return logger.experiment
         return None
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
-        if self.images is None or len(self.images) < self.num_images:
-            images = batch[0][: self.num_images].detach()
-            self.images = (
-                images if self.images is None else torch.cat([self.images, images])[: self.num_images]
-            )
-
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.sanity_checking or self.images is None or not trainer.is_global_zero:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if self.images is None:  # read once
+            self.images = first_validation_images(trainer, self.num_images)
+        if self.images is None:
             return
         net = pl_module.net
         if getattr(net, "transformer", None) is None:

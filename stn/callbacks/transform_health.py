@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from stn.callbacks.validation_images import first_validation_images
 from stn.geometry import affine_fit, decompose_linear, outside_fraction
 
 log = logging.getLogger(__name__)
@@ -75,26 +76,7 @@ class TransformHealth(L.Callback):
         self.background_level = background_level
         self.stop_on_collapse = stop_on_collapse
         self.alarms: list[str] = []  # every alarm raised, in order (for tests and callers)
-        self.images: torch.Tensor | None = None  # the first validation images, read once
-
-    def _validation_images(self, trainer: L.Trainer, device: torch.device) -> torch.Tensor | None:
-        """The first `max_images` validation images (unshuffled: the same every epoch), read once."""
-        if self.images is not None:
-            return self.images.to(device)
-        loader = trainer.val_dataloaders
-        if isinstance(loader, list | tuple):
-            loader = loader[0] if loader else None
-        if loader is None:
-            return None
-        chunks, count = [], 0
-        for batch in loader:
-            images = batch[0].to(device)
-            chunks.append(images)
-            count += len(images)
-            if count >= self.max_images:
-                break
-        self.images = torch.cat(chunks)[: self.max_images] if chunks else None
-        return self.images
+        self.images: torch.Tensor | None = None  # the first validation images, on the CPU
 
     def breaches(self, means: dict[str, float]) -> list[str]:
         """What is wrong with an epoch's mean figures, one phrase each (empty: healthy)."""
@@ -121,9 +103,11 @@ class TransformHealth(L.Callback):
         transformer = getattr(pl_module.net, "transformer", None)
         if trainer.sanity_checking or transformer is None:
             return
-        images = self._validation_images(trainer, pl_module.device)
-        if images is None:
+        if self.images is None:  # read once
+            self.images = first_validation_images(trainer, self.max_images)
+        if self.images is None:
             return
+        images = self.images.to(pl_module.device)
         was_training = transformer.training
         transformer.eval()
         with torch.no_grad():

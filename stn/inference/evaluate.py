@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError
 from stn.loading import checkpoint_model, load_weights, run_config, zoo_model
+from stn.loggers import logged_metrics
 from stn.utils.checks import check_config
 from stn.utils.files import write_atomically
 from stn.utils.instantiators import build, build_model, instantiate_group
@@ -38,7 +39,7 @@ def evaluate_zoo_model(cfg: DictConfig) -> dict[str, float]:
     datamodule = build(cfg, "data")
     trainer: L.Trainer = build(cfg, "trainer", logger=instantiate_group(cfg.get("logger")))
     trainer.test(trained.module, datamodule=datamodule)
-    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics = logged_metrics(trainer)
     log.info(
         "Test metrics of zoo model %s:\n%s", cfg.model_name, json.dumps(metrics, indent=2, sort_keys=True)
     )
@@ -77,7 +78,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     datamodule = build(cfg, "data")
     trainer: L.Trainer = build(cfg, "trainer", logger=instantiate_group(cfg.get("logger")))
     trainer.test(model, datamodule=datamodule)
-    metrics = {name: float(value) for name, value in trainer.callback_metrics.items()}
+    metrics = logged_metrics(trainer)
     log.info("Test metrics of %s:\n%s", checkpoint, json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
 
