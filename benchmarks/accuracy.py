@@ -16,13 +16,12 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.machine import describe_machine
+from benchmarks.runs import train_unless_done
 from stn.paths import ROOT
 
 RUNS = {
@@ -33,27 +32,17 @@ RUNS = {
 
 
 def run_once(name: str, overrides: list[str], seed: int, out_root: Path, threads: int | None = None) -> dict:
+    """One run's metrics, with the wall time of the command that trained it (recorded once)."""
     run_dir = out_root / name / f"seed{seed}"
-    metrics_file = run_dir / "metrics.json"
-    if not metrics_file.exists():
-        command = [
-            sys.executable,
-            "-m",
-            "stn.train",
-            *overrides,
-            f"seed={seed}",
-            f"hydra.run.dir={run_dir}",
-            "callbacks.progress_bar.refresh_rate=0",
-        ]
-        print("$", " ".join(command[1:]), flush=True)
-        start = time.perf_counter()
-        env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-        subprocess.run(command, cwd=ROOT, check=True, env=env, stdout=subprocess.DEVNULL)
-        wall = time.perf_counter() - start
-        metrics = json.loads(metrics_file.read_text())
-        metrics["time/wall_seconds"] = wall
-        metrics_file.write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    return json.loads(metrics_file.read_text())
+    done = (run_dir / "metrics.json").is_file()
+    start = time.perf_counter()
+    metrics, status = train_unless_done(run_dir, [*overrides, f"seed={seed}"], threads=threads)
+    if metrics is None:
+        raise SystemExit(f"{name} seed {seed} failed (exit {status}); its log: {run_dir / 'train.log'}")
+    if not done:
+        metrics["time/wall_seconds"] = time.perf_counter() - start
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
 
 
 def summarise(values: list[float]) -> str:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-import subprocess
-import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,10 +28,10 @@ from pathlib import Path
 
 from benchmarks.machine import describe_machine
 from benchmarks.paper_length import error_against_length_axes, row_name
+from benchmarks.runs import train_unless_done
 from stn.paper_table import PAPER, POLAR_TRANSFORMER_STN, cell, confidence_interval
 from stn.paths import ROOT
 from stn.utils.files import csv_text, file_lock, write_atomically
-from stn.utils.runs import RunFolder
 
 CSV = ROOT / "docs" / "paper" / "rts_study.csv"
 HEADER = [
@@ -101,17 +99,10 @@ def run_point(point: Point, runs: Path, table: Path) -> str:
     """Train one point (or resume its interrupted run) and append its row to the CSV."""
     folder = folder_of(point, runs)
     command = command_of(point, folder)
-    run = RunFolder(folder)
-    if run.metrics is None:
-        if run.last_checkpoint.is_file():  # an interrupted part: go on from its last epoch
-            command.append("ckpt_path=last")
-        log = runs / f"{folder.name}.log"
-        log.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("a") as output:
-            result = subprocess.run([sys.executable, *command[1:]], cwd=ROOT, stdout=output, stderr=output)
-        if result.returncode != 0:
-            return f"{folder.name}: failed (exit {result.returncode}), see {log}"
-    metrics = RunFolder(folder).metrics or {}  # written by the run just finished
+    overrides = [c for c in command[3:] if not c.startswith(("hydra.run.dir=", "callbacks.progress_bar"))]
+    metrics, status = train_unless_done(folder, overrides, log=runs / f"{folder.name}.log")
+    if metrics is None:
+        return f"{folder.name}: failed (exit {status}), see {runs / f'{folder.name}.log'}"
     error = 100 * (1 - metrics["test/acc"])
     collapsed = "yes" if collapsed_at_the_end(folder, point[4]) else "no"
     shown = [

@@ -46,6 +46,19 @@ def at_input_size(transformed: torch.Tensor, images: torch.Tensor) -> torch.Tens
     return torch.nn.functional.interpolate(transformed, size=images.shape[-2:], mode="nearest")
 
 
+def grey_image(pixels: torch.Tensor) -> Image.Image:
+    """A (H, W) image in [0, 1] as an 8-bit grey image."""
+    return Image.fromarray((pixels.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
+
+
+def enlarged_grey(pixels: torch.Tensor, height: int) -> Image.Image:
+    """A (H, W) image in [0, 1] as an RGB picture `height` pixels high (nearest neighbour: the
+    pixels show)."""
+    grey = grey_image(pixels)
+    scale = height / grey.height
+    return grey.resize((round(grey.width * scale), height), Image.NEAREST).convert("RGB")
+
+
 def to_pil(image: torch.Tensor) -> Image.Image:
     """(3, H, W) in [0, 1] as a PIL image."""
     return Image.fromarray((image.clamp(0, 1).permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))

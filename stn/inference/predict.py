@@ -30,6 +30,7 @@ from stn.data.images import ImageError, image_files, read_grey, to_canvas
 from stn.errors import Allowed, ConfigError, UserError, check_value, integers
 from stn.geometry import canvas_corners, sampled_region, to_pixels
 from stn.loading import TrainedModel, trained_model
+from stn.pictures import enlarged_grey, grey_image
 from stn.utils.files import csv_text, write_atomically
 
 log = logging.getLogger(__name__)
@@ -75,18 +76,6 @@ def region_corners(model: TrainedModel, theta: torch.Tensor | None) -> torch.Ten
     return outline[[0, width - 1, width + height - 1, 2 * width + height - 1]]
 
 
-def _grey(pixels: torch.Tensor) -> Image.Image:
-    """A (H, W) image in [0, 1] as an 8-bit grey image."""
-    return Image.fromarray((pixels.clamp(0, 1) * 255).round().to(torch.uint8).numpy(), mode="L")
-
-
-def _panel(pixels: torch.Tensor) -> Image.Image:
-    """A (H, W) image in [0, 1] as an RGB panel PANEL pixels high (nearest neighbour: the pixels show)."""
-    grey = _grey(pixels)
-    scale = PANEL / grey.height
-    return grey.resize((round(grey.width * scale), PANEL), Image.NEAREST).convert("RGB")
-
-
 def picture(
     model: TrainedModel,
     canvas_pixels: torch.Tensor,
@@ -97,7 +86,7 @@ def picture(
     """The input canvas with the sampled region in red, beside what the classifier saw, captioned.
     The canvas sits in a grey margin a quarter of its size, so a region that reaches past the
     canvas (a transformer zooming out or shifting) shows where it goes."""
-    canvas, right = _panel(canvas_pixels[0]), _panel(seen[0])
+    canvas, right = enlarged_grey(canvas_pixels[0], PANEL), enlarged_grey(seen[0], PANEL)
     scale = PANEL / model.canvas
     region = sampled_outline(model, theta)
     # the margin grows with a region that reaches past the canvas (up to two canvases), so that
@@ -168,8 +157,8 @@ def predict_image(
     picture(model, canvas_pixels, seen["seen"], theta, caption).save(picture_file)
     # at native resolution: the model's input (white on black, its canvas) and the warped crop
     canvas_file, crop_file = out_dir / f"{name}.input.png", out_dir / f"{name}.crop.png"
-    _grey(canvas_pixels[0]).save(canvas_file)
-    _grey(seen["seen"][0]).save(crop_file)
+    grey_image(canvas_pixels[0]).save(canvas_file)
+    grey_image(seen["seen"][0]).save(crop_file)
     return {
         "file": str(path),
         "prediction": seen["prediction"],
