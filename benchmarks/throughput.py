@@ -210,6 +210,11 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=ROOT / "data")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--variants", nargs="*", default=[], choices=list(OPTION_OVERRIDES))
+    parser.add_argument(
+        "--overrides", nargs="*", default=[], metavar="'KEY=VALUE ...'",
+        help="more (c) rows, each stn.train with these overrides (what the gap to (b) is made of)",
+    )  # fmt: skip
+    parser.add_argument("--skip-tutorial", action="store_true", help="leave out (a): (b) against (c) alone")
     args = parser.parse_args()
     device = torch.device(args.device)
     accelerator = ["trainer.accelerator=" + ("gpu" if device.type == "cuda" else "cpu")]
@@ -241,6 +246,10 @@ def main() -> None:
     }
     for variant in args.variants:
         pipelines[f"(c) with {' '.join(OPTION_OVERRIDES[variant])}"] = project(OPTION_OVERRIDES[variant])
+    for overrides in args.overrides:
+        pipelines[f"(c) with {overrides}"] = project(overrides.split())
+    if args.skip_tutorial:
+        pipelines = {name: measure for name, measure in pipelines.items() if not name.startswith("(a)")}
 
     results: dict[str, list[float]] = {name: [] for name in pipelines}
     for round_ in range(args.repeats):
@@ -250,7 +259,7 @@ def main() -> None:
             print(f"round {round_}: {name}: {results[name][-1]:.0f} images/s", flush=True)
 
     median = {name: statistics.median(values) for name, values in results.items()}
-    tutorial = max(v for k, v in median.items() if k.startswith("(a)"))
+    tutorial = max((v for k, v in median.items() if k.startswith("(a)")), default=float("nan"))
     ceiling = next(v for k, v in median.items() if k.startswith("(b)"))
     project_default = median["(c) project default (stn.train)"]
     print(
@@ -265,6 +274,9 @@ def main() -> None:
             f"| {name} | {value:.0f} | {rounds} | {value / tutorial:.2f}x | {value / project_default:.2f}x |"
         )
     print(f"\nc/a = {project_default / tutorial:.2f}x   c/b = {project_default / ceiling:.2f}x")
+    for name, value in median.items():
+        if name.startswith("(c) with"):
+            print(f"{name}: {value / ceiling:.2f}x of (b)")
 
 
 if __name__ == "__main__":
