@@ -27,7 +27,7 @@ def train_unless_done(
     ]  # fmt: skip
     if (run_dir / "checkpoints" / "last.ckpt").is_file():
         command.append("ckpt_path=last")  # an interrupted run: go on from its last epoch
-    print("$", " ".join(command[1:]), flush=True)
+    print("$ python", " ".join(command[1:]), flush=True)
     env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
