@@ -232,10 +232,11 @@ def user_errors_reported() -> Iterator[None]:
 
 
 def _to_log_files(message: str) -> None:
-    """`message` into the log files only (the run folder's <task>.log): stderr gets it once, as is."""
+    """`message` into the log files only (the run folder's <task>.log): stderr gets it once, as is.
+    Only a log the run has already written to: a refused start creates no file (and no folder)."""
     record = log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None)
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.FileHandler):
+        if isinstance(handler, logging.FileHandler) and os.path.isfile(handler.baseFilename):
             handler.handle(record)
 
 

@@ -143,7 +143,7 @@ def test_the_sampled_outline_of_the_identity_is_the_canvas(name: str):
 @pytest.mark.parametrize("name", ["stn", "stn_proj", "stn_tps", "cnn"])
 def test_exported_models_agree_with_pytorch_on_real_digits(tmp_path: Path, test_digits, name: str, fmt: str):
     model = _model(name)
-    wrapper = PixelsToPrediction(model.network, model.mean, model.std)
+    wrapper = PixelsToPrediction(model.network, model.mean, model.std, model.canvas)
     pixels = torch.stack(
         [torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None] for image, _ in test_digits]
     )

@@ -31,6 +31,7 @@ from torch import nn
 from stn.data import prepare_canvas
 from stn.errors import Allowed, ConfigError, UserError, check_value, integers, one_of
 from stn.loading import TrainedModel, trained_model
+from stn.models.pixels import PixelClassifier
 from stn.utils.files import write_atomically
 
 log = logging.getLogger(__name__)
@@ -47,21 +48,20 @@ INPUTS = {
 }
 
 
-class PixelsToPrediction(nn.Module):
+class PixelsToPrediction(PixelClassifier):
     """(N, 1, S, S) pixels (float in [0, 1], or uint8 0..255 with `raw`) -> logits (N, classes) and
-    theta (N, P): the network with its input normalisation, in the contiguous memory format
-    (exporters expect it)."""
+    theta (N, P): the hub's PixelClassifier (normalisation inside, contiguous memory format, which
+    exporters expect) on a copy of the network, returning theta beside the logits."""
 
-    def __init__(self, network: nn.Module, mean: float, std: float, raw: bool = False) -> None:
-        super().__init__()
-        self.network = copy.deepcopy(network).to(memory_format=torch.contiguous_format)
-        self.mean, self.std, self.raw = mean, std, raw
+    def __init__(self, network: nn.Module, mean: float, std: float, canvas: int, raw: bool = False) -> None:
+        super().__init__(copy.deepcopy(network), mean, std, canvas)
+        self.raw = raw
         self.eval()  # dropout off: the exported model is for inference
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.raw:
             pixels = pixels.to(torch.float32) / 255
-        seen, theta = self.network.transform((pixels - self.mean) / self.std)
+        seen, theta = self.transform(pixels)
         logits = self.network.classifier(seen)
         if theta is None:  # the CNN baseline
             return (logits,)
@@ -181,7 +181,7 @@ def export(cfg: DictConfig) -> dict[str, object]:
         path = Path(cfg.paths.output_dir) / path
     report_path = check_output(path, fmt, bool(cfg.get("overwrite", False)))
     raw = str(cfg.get("input", "float")) == "uint8"
-    wrapper = PixelsToPrediction(model.network, model.mean, model.std, raw=raw)
+    wrapper = PixelsToPrediction(model.network, model.mean, model.std, model.canvas, raw=raw)
     example = torch.rand(2, 1, model.canvas, model.canvas)
     if raw:
         example = (example * 255).to(torch.uint8)
