@@ -291,7 +291,8 @@ def test_predict_gives_the_sampled_region_in_the_images_pixels(tmp_path: Path, n
 @pytest.mark.parametrize("canvas", [28, 42])
 def test_the_numpy_canvas_preparation_is_predicts_own(canvas: int, tmp_path: Path):
     """stn/data/prepare_canvas.py (what stn.export puts beside an exported model: NumPy and PIL only)
-    prepares photos, drawings and a large scan exactly as stn.predict does."""
+    is predict's own canvas preparation: from a PIL image, photos, drawings and a large scan come
+    out as stn.predict makes them from their files."""
     from stn.data.prepare_canvas import prepare
 
     images = [*sorted(PHOTOS.glob("*.jpg"))[:4]]
