@@ -76,7 +76,7 @@ class TransformHealth(L.Callback):
         self.background_level = background_level
         self.stop_on_collapse = stop_on_collapse
         self.alarms: list[str] = []  # every alarm raised, in order (for tests and callers)
-        self.images: torch.Tensor | None = None  # the first validation images, on the CPU
+        self.images: torch.Tensor | None = None  # the first validation images, read once
 
     def breaches(self, means: dict[str, float]) -> list[str]:
         """What is wrong with an epoch's mean figures, one phrase each (empty: healthy)."""
@@ -103,11 +103,12 @@ class TransformHealth(L.Callback):
         transformer = getattr(pl_module.net, "transformer", None)
         if trainer.sanity_checking or transformer is None:
             return
-        if self.images is None:  # read once
-            self.images = first_validation_images(trainer, self.max_images)
+        if self.images is None:  # read once, kept on the module's device (no copy each epoch)
+            images = first_validation_images(trainer, self.max_images)
+            self.images = None if images is None else images.to(pl_module.device)
         if self.images is None:
             return
-        images = self.images.to(pl_module.device)
+        images = self.images.to(pl_module.device)  # a no-op unless the module has moved
         was_training = transformer.training
         transformer.eval()
         with torch.no_grad():
