@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import statistics
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -204,6 +205,39 @@ def own_settings(recipe: str) -> str:
 OTHER_DEFINITIONS = ("data.distortion.",)
 
 
+FLAT = 0.97  # a doubling of the length that takes off less than 3% of the error: not falling
+
+
+def what_it_would_take(
+    rows: list[dict[str, str]], model: str, variant: str, recipe: str, target: float
+) -> str:
+    """For a target a cell misses: its recipe's curve at the two longest lengths measured (seed
+    means), and the length (and core-hours for three seeds) at which that curve, falling at the
+    same rate per doubling, would reach the target; or that it has stopped falling."""
+    per_length: dict[int, list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        if (row["model"], row["variant"], row.get("recipe", "")) == (model, variant, recipe):
+            per_length[int(row["epochs"])].append(row)
+    if len(per_length) < 2:
+        return "one length measured at this recipe: no curve to read yet"
+    shorter, longest = sorted(per_length)[-2:]
+    before, after = (
+        statistics.mean(float(r["test_error_percent"]) for r in per_length[e]) for e in (shorter, longest)
+    )
+    curve = f"{before:.2f}% at {shorter} epochs, {after:.2f}% at {longest}"
+    per_doubling = (after / before) ** (1 / math.log2(longest / shorter))
+    if per_doubling >= FLAT:
+        return f"{curve}: not falling with length, so length alone will not reach it"
+    doublings = math.ceil(math.log(target / after) / math.log(per_doubling))
+    epochs = longest * 2**doublings
+    seconds_per_epoch = statistics.mean(float(r["fit_seconds"]) for r in per_length[longest]) / longest
+    core_hours = 3 * seconds_per_epoch * epochs / 3600
+    return (
+        f"{curve} ({1 - per_doubling:.0%} less a doubling): at that rate {epochs} epochs, "
+        f"about {core_hours:.1f} core-hours for 3 seeds"
+    )
+
+
 def table1(rows: list[dict[str, str]]) -> tuple[list[str], list[str]]:
     """Table 1 as the study measured it (one row per model, one column per variant), and the
     targets' verdicts; both from the CSV alone (parameter counts from conf/)."""
@@ -247,7 +281,7 @@ def table1(rows: list[dict[str, str]]) -> tuple[list[str], list[str]]:
                 continue
             mean, seeds = statistics.mean(point[2]), len(point[2])
             if mean > target:
-                met = "not met"
+                met = "not met; " + what_it_would_take(rows, model, variant, point[0], target)
             else:
                 met = "met" if seeds >= 3 else f"below it on {seeds} seed(s); 3 are needed"
             verdicts.append(

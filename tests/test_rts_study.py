@@ -49,6 +49,19 @@ def test_the_report_is_written_from_the_csv_alone(tmp_path: Path):
     assert Image.open(tmp_path / "out" / "rts_study.png").size[0] > 300
 
 
+def test_a_missed_target_says_what_length_would_reach_it(tmp_path: Path):
+    table = write_study(tmp_path / "study.csv")
+    rts_study.main(["report", "--csv", str(table), "--out", str(tmp_path / "out")])
+    text = (tmp_path / "out" / "rts_study.md").read_text()
+    # the ST-CNN's cell is 8 epochs (2 seeds, mean 1.25); 0.90 at 16 is 28% less a doubling, so
+    # 0.6 is two doublings further: 64 epochs at 50 s an epoch, 3 seeds = 2.7 core-hours
+    assert (
+        "1.25% at 8 epochs, 0.90% at 16 (28% less a doubling): at that rate 64 epochs, "
+        "about 2.7 core-hours for 3 seeds"
+    ) in text
+    assert "RTS CNN (paper's shape) <= 1.0%: 4.50% (n=2, 8 epochs): not met; one length measured" in text
+
+
 def test_p_slivers_scores_the_runs_own_test_set(tmp_path: Path, mnist_dir: Path):
     """benchmarks.p_slivers redraws a P run's fixed test set exactly (it stops if the redraw
     differs) and counts the same errors as the run's own test."""
