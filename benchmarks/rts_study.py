@@ -211,9 +211,10 @@ FLAT = 0.97  # a doubling of the length that takes off less than 3% of the error
 def what_it_would_take(
     rows: list[dict[str, str]], model: str, variant: str, recipe: str, target: float
 ) -> str:
-    """For a target a cell misses: its recipe's curve at the two longest lengths measured (seed
-    means), and the length (and core-hours for three seeds) at which that curve, falling at the
-    same rate per doubling, would reach the target; or that it has stopped falling."""
+    """For a target a cell misses: its recipe's curve at the two longest lengths measured (means
+    over the seeds measured at both, so that a seed's own level does not read as a slope), and the
+    length (and core-hours for three seeds) at which that curve, falling at the same rate per
+    doubling, would reach the target; or that it has stopped falling."""
     per_length: dict[int, list[dict[str, str]]] = defaultdict(list)
     for row in rows:
         if (row["model"], row["variant"], row.get("recipe", "")) == (model, variant, recipe):
@@ -221,10 +222,16 @@ def what_it_would_take(
     if len(per_length) < 2:
         return "one length measured at this recipe: no curve to read yet"
     shorter, longest = sorted(per_length)[-2:]
+    seeds = {r["seed"] for r in per_length[shorter]} & {r["seed"] for r in per_length[longest]}
+    paired = {
+        e: [r for r in per_length[e] if r["seed"] in seeds] or per_length[e] for e in (shorter, longest)
+    }
     before, after = (
-        statistics.mean(float(r["test_error_percent"]) for r in per_length[e]) for e in (shorter, longest)
+        statistics.mean(float(r["test_error_percent"]) for r in paired[e]) for e in (shorter, longest)
     )
     curve = f"{before:.2f}% at {shorter} epochs, {after:.2f}% at {longest}"
+    if seeds and len(paired[shorter]) < len(per_length[shorter]):
+        curve = f"on seed{'s' if len(seeds) > 1 else ''} {', '.join(sorted(seeds, key=int))}: {curve}"
     per_doubling = (after / before) ** (1 / math.log2(longest / shorter))
     if per_doubling >= FLAT:
         return f"{curve}: not falling with length, so length alone will not reach it"
