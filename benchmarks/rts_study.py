@@ -230,7 +230,7 @@ def what_it_would_take(
         statistics.mean(float(r["test_error_percent"]) for r in paired[e]) for e in (shorter, longest)
     )
     curve = f"{before:.2f}% at {shorter} epochs, {after:.2f}% at {longest}"
-    if seeds and len(paired[shorter]) < len(per_length[shorter]):
+    if seeds and any(len(paired[e]) < len(per_length[e]) for e in (shorter, longest)):
         curve = f"on seed{'s' if len(seeds) > 1 else ''} {', '.join(sorted(seeds, key=int))}: {curve}"
     per_doubling = (after / before) ** (1 / math.log2(longest / shorter))
     if per_doubling >= FLAT:
