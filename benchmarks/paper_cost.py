@@ -21,6 +21,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from stn.environment import set_up
 from stn.models import parameter_counts
 from stn.paths import CONF_DIR
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     images = torch.randn(args.batch, 1, 42, 42, device=device)
     labels = torch.randint(0, 10, (args.batch,), device=device)
     built = {}
+    set_up()  # the resolvers the configs read
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         for name in MODELS:
             model_cfg = compose("train.yaml", overrides=["data=mnist_rts", f"model={name}"]).model

@@ -25,6 +25,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from benchmarks.machine import describe_cpu, describe_machine
+from stn.environment import set_up
 from stn.models.acceleration import to_channels_last
 from stn.paths import CONF_DIR
 
@@ -45,6 +46,7 @@ SETTINGS = {
 def build(model: str, setting: str, batch: int) -> tuple:
     bf16, channels_last, compiled = SETTINGS[setting]
     torch.manual_seed(0)
+    set_up()  # the resolvers the configs read
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         model_cfg = compose("train.yaml", overrides=["data=mnist_rts", f"model={model}"]).model
     net = instantiate(model_cfg).net

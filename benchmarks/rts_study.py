@@ -184,8 +184,10 @@ def parameter_count(model: str, variant: str) -> int:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
+    from stn.environment import set_up
     from stn.paths import CONF_DIR
 
+    set_up()  # the resolvers the configs read
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("train.yaml", overrides=[f"data={DATA[variant]}", f"model={model}"])
     return sum(p.numel() for p in instantiate(cfg.model).net.parameters())

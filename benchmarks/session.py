@@ -39,7 +39,7 @@ from pathlib import Path
 
 from benchmarks.machine import describe_machine
 from stn.paths import ROOT
-from stn.utils.runs import saved_config
+from stn.runs.reading import saved_config
 
 TRAIN_IMAGES = 55_000
 PARTS = ("throughput", "default", "fast", "startup", "scaling", "sweep", "tests")

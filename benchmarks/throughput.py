@@ -40,6 +40,7 @@ from torchvision import datasets, transforms
 
 from benchmarks.machine import describe_machine
 from stn.data import MNIST_MEAN, MNIST_STD, MNISTDataModule
+from stn.environment import set_up
 from stn.models import ConvClassifier, LocalizationNet, SpatialTransformer, STNClassifier
 from stn.models.acceleration import compile_mode_for, to_channels_last
 from stn.paths import ROOT
@@ -168,6 +169,7 @@ class StepTimer(L.Callback):
 
 
 def compose_train_config(overrides: list[str], data_dir: Path, output_dir: str) -> DictConfig:
+    set_up()  # the resolvers the configs read
     with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "conf")):
         cfg = compose("train.yaml", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):

@@ -58,7 +58,7 @@ def entry(config_name: str, task: Task | str) -> Callable[[], Any]:
     def cli() -> Any:
         if any(arg.replace('"', "").replace("'", "") == "hydra.run.dir=" for arg in sys.argv[1:]):
             raise SystemExit(f"error: {EMPTY_RUN_DIR}")  # before Hydra writes its record there
-        from stn.utils import set_up
+        from stn.environment import set_up
 
         set_up()  # the resolvers and filters, before Hydra composes
         hold_stderr()
@@ -71,7 +71,7 @@ def entry(config_name: str, task: Task | str) -> Callable[[], Any]:
             held = release_stderr(show=not refused)
             if not refused:
                 raise
-            from stn.utils.sweep_checks import refused_command_line  # only once Hydra has refused
+            from stn.sweeps.checks import refused_command_line  # only once Hydra has refused
 
             sentence = refused_command_line(CONF_DIR, config_name, sys.argv[1:])
             print(f"{sentence}" if sentence else held, file=sys.stderr, end="\n" if sentence else "")

@@ -20,9 +20,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError, UserError
 from stn.paths import ZOO_DIR
+from stn.runs.reading import RUN_CONFIG, saved_config
 from stn.utils.files import MAX_CONFIG_BYTES, file_digest, read_text
 from stn.utils.instantiators import build, build_model
-from stn.utils.runs import RUN_CONFIG, saved_config
 from stn.utils.untrusted import check_targets, load_untrusted
 
 if TYPE_CHECKING:  # imported where a model is built: `stn.zoo list` and the manifest need neither

@@ -34,8 +34,8 @@ from torchvision.utils import make_grid, save_image
 from stn.errors import UserError
 from stn.loading import checkpoint_model
 from stn.pictures import at_input_size, labelled_rows
+from stn.runs.reading import run_folders
 from stn.utils.files import csv_text, write_atomically
-from stn.utils.runs import run_folders
 
 PAPER_COLUMNS = {  # the data= choice -> its column in the paper's table
     "mnist_rot": "R",

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from stn.errors import ConfigError, UserError
+from stn.runs.reading import plain_yaml, run_folders, saved_config, split_override
 from stn.utils.files import csv_text, read_bytes, write_atomically
-from stn.utils.runs import plain_yaml, run_folders, saved_config, split_override
 
 MAX_LOG_BYTES = 64 << 20  # a job's log that stn.summarize reads for its error
 MAX_PICTURE_BYTES = 32 << 20  # a job's transform history, put inside summary.html

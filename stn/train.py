@@ -68,10 +68,10 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
     from hydra.core.hydra_config import HydraConfig
     from lightning.pytorch.utilities import rank_zero_only
 
+    from stn.runs.folders import run_lock
+    from stn.runs.resume import apply_resume_point, finished_here
+    from stn.sweeps.job_share import apply_job_share
     from stn.utils.checks import check_config
-    from stn.utils.parallel import apply_job_share
-    from stn.utils.resume import apply_resume_point, finished_here
-    from stn.utils.run_life import run_lock
 
     check_config(cfg)
     hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
@@ -155,7 +155,7 @@ def train_task(cfg: DictConfig) -> float | None:
     """What `python -m stn.train` runs: train, and return the metric a sweeper optimises. A single
     run refused with one sentence leaves no folder behind (a sweep's job keeps its folder and log,
     where stn.summarize reads its error)."""
-    from stn.utils.run_life import remove_if_unused
+    from stn.runs.folders import remove_if_unused
 
     try:
         metrics = train(cfg)

@@ -35,8 +35,8 @@ from stn.loading import (
     zoo_files_model,
     zoo_manifest,
 )
+from stn.runs.reading import RunFolder
 from stn.utils.files import write_atomically
-from stn.utils.runs import RunFolder
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 

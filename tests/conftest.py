@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from torchvision.datasets import MNIST
 
+from stn.environment import set_up
 from stn.paths import CONF_DIR, ROOT
 from stn.utils.checks import check_config
 from stn.utils.instantiators import build, build_model
@@ -25,6 +26,8 @@ from stn.utils.instantiators import build, build_model
 requires_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 RAW_FILES = [name for name, _ in MNIST.resources]
+
+set_up()  # the resolvers the configs read, as every entry point sets them
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from stn.paths import CONF_DIR, ROOT
-from stn.utils.sweep_checks import refused_command_line
+from stn.sweeps.checks import refused_command_line
 
 
 @pytest.mark.parametrize(

@@ -16,10 +16,10 @@ from omegaconf import OmegaConf
 from stn.data import MNISTDataError, MNISTDataModule
 from stn.errors import ArgumentError, ConfigError, check, check_value, integers, numbers, one_of
 from stn.inference.evaluate import evaluate as evaluate_in_process
+from stn.runs.folders import new_run_dir
+from stn.runs.reading import saved_config
 from stn.summarize import load_jobs
 from stn.utils.checks import check_config
-from stn.utils.run_life import new_run_dir
-from stn.utils.runs import saved_config
 
 from .conftest import (
     FINISHED,

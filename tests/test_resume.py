@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from stn.errors import ConfigError
-from stn.utils.resume import resume_point
+from stn.runs.resume import resume_point
 
 from .conftest import (
     ROOT,
@@ -117,7 +117,7 @@ def test_last_checkpoint_holds_the_last_epoch_even_without_improvement(tmp_path:
 def test_only_where_and_how_fast_a_run_goes_may_differ_on_resume():
     from omegaconf import OmegaConf
 
-    from stn.utils.resume import config_differences
+    from stn.runs.resume import config_differences
 
     saved = OmegaConf.create({
         "ckpt_path": None, "num_threads": None, "seed": 0,

@@ -120,6 +120,7 @@ def test_workers_are_fine_on_the_dataloader_path():
     _checked("data.fast_path=false", "data.num_workers=2")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(cpu_has_native_bf16(), reason="this CPU does bf16 natively")
 def test_bf16_on_a_cpu_without_it_is_one_sentence(tmp_path: Path, mnist_dir: Path):
     run_rejected(

@@ -16,7 +16,7 @@ import pytest
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from stn.utils.parallel import JobShare, concurrent_jobs, descendants, job_share
+from stn.sweeps.job_share import JobShare, concurrent_jobs, descendants, job_share
 
 from .conftest import (
     ROOT,
@@ -91,7 +91,7 @@ def test_an_optuna_study_whose_every_trial_fails_says_so(tmp_path: Path, mnist_d
 def test_two_sweeps_creating_one_study_at_once_both_get_it(tmp_path: Path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from stn.utils.optuna_sweep import create_study
+    from stn.sweeps.optuna_search import create_study
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     with ThreadPoolExecutor(4) as pool:
@@ -112,7 +112,7 @@ def test_two_sweeps_creating_one_study_at_once_both_get_it(tmp_path: Path):
     ],
 )
 def test_the_optuna_search_space_reads_hydras_grammar(override: str, expected):
-    from stn.utils.optuna_sweep import search_space
+    from stn.sweeps.optuna_search import search_space
 
     searched, fixed = search_space([override, "b=3"])
     assert searched == {"a": expected} and fixed == {"b": "3"}
@@ -124,7 +124,7 @@ def test_a_sweep_without_the_sweeps_extra_names_it(monkeypatch: pytest.MonkeyPat
     import importlib.util
 
     from stn.errors import ConfigError
-    from stn.utils.sweep_checks import check_sweep_packages
+    from stn.sweeps.checks import check_sweep_packages
 
     cfg = compose_config(overrides=["hparams_search=optuna"])
     check_sweep_packages(cfg)  # installed here

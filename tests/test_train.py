@@ -280,7 +280,7 @@ def test_tab_completion_works_through_the_console_scripts(tmp_path: Path):
 
 
 def test_a_run_is_named_by_its_choices_and_overrides():
-    from stn.utils.run_life import run_label
+    from stn.runs.folders import run_label
 
     assert run_label("mnist", "stn", "model.optimizer.lr=0.003,trainer.max_epochs=5") == (
         "_mnist_stn_model.optimizer.lr=0.003_trainer.max_epochs=5"

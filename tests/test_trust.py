@@ -25,10 +25,10 @@ from stn.inference.evaluate import evaluate
 from stn.inference.export import export
 from stn.inference.predict import predict
 from stn.loading import checkpoint_model, sha256, zoo_manifest, zoo_model
+from stn.runs.folders import created_here, new_run_dir, run_lock
+from stn.runs.reading import RunFolder, saved_config
+from stn.runs.resume import _move_log
 from stn.train import train
-from stn.utils.resume import _move_log
-from stn.utils.run_life import created_here, new_run_dir, run_lock
-from stn.utils.runs import RunFolder, saved_config
 from stn.utils.untrusted import project_targets
 from stn.zoo import add as zoo_add
 
@@ -48,8 +48,8 @@ def _craft(finished_run: Path, tmp_path: Path, edit) -> Path:
 
 # attribute paths that walk from an allowed module to something it imported, and plain ones
 CRAFTED_TARGETS = [
-    ("model", "stn.utils.runs.os.remove", "path"),
-    ("model", "stn.utils.runs.shutil.rmtree", "path"),
+    ("model", "stn.runs.reading.os.remove", "path"),
+    ("model", "stn.runs.reading.shutil.rmtree", "path"),
     ("model.localization", "stn.models.lit_module.torch.load", "f"),
     ("data", "stn.data.mnist.Path.unlink", "self"),
     ("model.optimizer", "torch.optim.sgd.torch.load", "f"),

@@ -19,8 +19,8 @@ from omegaconf import OmegaConf
 
 from stn.errors import ConfigError, UserError
 from stn.loading import sha256, zoo_model
-from stn.utils.resume import resume_point
-from stn.utils.runs import RunFolder, saved_config
+from stn.runs.reading import RunFolder, saved_config
+from stn.runs.resume import resume_point
 
 from .conftest import ROOT
 
@@ -245,7 +245,7 @@ def test_a_checkpoint_and_hparams_yaml_hold_no_data_folder(finished_run: Path, m
 def test_a_run_folder_named_from_many_long_overrides_fits_the_file_system(tmp_path: Path):
     """A run's name is cut to fit a file system's 255 bytes per name, and stays unique: two runs
     whose long labels agree up to the cut get two folders."""
-    from stn.utils.run_life import new_run_dir, run_label
+    from stn.runs.folders import new_run_dir, run_label
 
     overrides = ",".join(f"+note{i}={'x' * 80}" for i in range(6))  # ~500 characters of overrides
     label = run_label("mnist_rts", "paper_stn", overrides)

@@ -158,7 +158,7 @@ def test_sigterm_to_the_process_group_with_dataloader_workers_is_the_sentence(
 def test_an_optuna_study_that_cannot_run_is_refused_before_its_first_trial(
     n_trials, direction: str, storage: str | None, message: str, tmp_path: Path
 ):
-    from stn.utils.optuna_sweep import check_sweeper
+    from stn.sweeps.optuna_search import check_sweeper
 
     (tmp_path / "text.db").write_text("not a database")
     if storage:

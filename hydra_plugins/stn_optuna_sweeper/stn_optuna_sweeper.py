@@ -5,7 +5,7 @@ each job's result. A failed job is a failed trial and the study goes on.
 Hydra finds sweepers only in the `hydra_plugins` package, and imports every module there when any
 command starts; so this module imports neither Optuna nor `stn` at its top: they are imported when
 a sweep starts (the `sweeps` extra). The science (search space, sampler, checks) is in
-stn/utils/optuna_sweep.py; the config and its keys are in conf/hydra/sweeper/optuna.yaml.
+stn/sweeps/optuna_search.py; the config and its keys are in conf/hydra/sweeper/optuna.yaml.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ class StnOptunaSweeper(Sweeper):
         import optuna
 
         from stn.errors import ConfigError
-        from stn.utils.optuna_sweep import check_sweeper, create_study, directions_of
+        from stn.sweeps.optuna_search import check_sweeper, create_study, directions_of
 
         directions = directions_of(self.direction)
         check_sweeper(self.n_trials, directions, self.storage)
@@ -104,7 +104,7 @@ class StnOptunaSweeper(Sweeper):
         return study, directions
 
     def _search_space(self, arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
-        from stn.utils.optuna_sweep import search_space
+        from stn.sweeps.optuna_search import search_space
 
         return search_space([*(f"{key}={value}" for key, value in self.params.items()), *arguments])
 
@@ -115,7 +115,7 @@ class StnOptunaSweeper(Sweeper):
     def _tell(self, study: Any, trials: list[Any], returns: list[Any], directions: int) -> None:
         from optuna.trial import TrialState
 
-        from stn.utils.optuna_sweep import objective_values
+        from stn.sweeps.optuna_search import objective_values
 
         failed = 0
         for trial, job in zip(trials, returns, strict=True):

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.tensorboard.summary import hparams
 
-from stn.utils.runs import flatten, split_override
+from stn.runs.reading import flatten, split_override
 
 
 def override_values(overrides: Sequence[str], groups: Sequence[str]) -> dict[str, Any]:

@@ -1,5 +1,5 @@
 """Reading run folders back: the one reader that resume, stn.summarize, stn.paper_table and
-stn.eval share (a folder's creation, lock and removal are stn/utils/run_life.py).
+stn.eval share (a folder's creation, lock and removal are stn/runs/folders.py).
 
 A run folder is what Hydra and `stn.train` leave: `.hydra/` (config.yaml, hydra.yaml,
 overrides.yaml), `checkpoints/`, `metrics.json` once the run finished, `<task>.log`.

@@ -22,10 +22,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from stn.errors import ConfigError, UserError
-from stn.utils.checkpoints import read_checkpoint
-from stn.utils.files import check_regular
-from stn.utils.run_life import check_writable, record_run_config, remove_if_unused, restore_run_config
-from stn.utils.runs import (
+from stn.runs.folders import check_writable, record_run_config, remove_if_unused, restore_run_config
+from stn.runs.reading import (
     LAST_CHECKPOINT,
     RUN_CONFIG,
     RunFolder,
@@ -34,6 +32,8 @@ from stn.utils.runs import (
     saved_config,
     split_override,
 )
+from stn.utils.checkpoints import read_checkpoint
+from stn.utils.files import check_regular
 
 log = logging.getLogger(__name__)
 

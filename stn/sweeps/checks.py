@@ -180,7 +180,7 @@ def check_slurm(cfg: DictConfig) -> None:
 
 class SweepChecks(Callback):
     """At the start of a multirun (conf/hydra/default.yaml): runs `check_sweep` once, and makes
-    SIGTERM stop the sweep's job processes with it (stn/utils/parallel.py)."""
+    SIGTERM stop the sweep's job processes with it (stn/sweeps/job_share.py)."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         release_stderr()  # Hydra composed the sweep: its own messages show as they come from here
@@ -191,7 +191,7 @@ class SweepChecks(Callback):
         except ConfigError as error:
             # a sentence, not a traceback from inside Hydra
             raise SystemExit(f"error: {error}") from None
-        from stn.utils.parallel import stop_workers_on_sigterm
+        from stn.sweeps.job_share import stop_workers_on_sigterm
 
         stop_workers_on_sigterm()
 

@@ -109,7 +109,7 @@ def create_study(storage: str, study_name: str | None, directions: list[str], at
 
 def distribution_of(override: Override) -> BaseDistribution:
     """Optuna's distribution for one sweep override of Hydra's grammar (the space is checked
-    non-empty before, by `stn.utils.sweep_checks.check_space`)."""
+    non-empty before, by `stn.sweeps.checks.check_space`)."""
     space = override.value()
     if isinstance(space, IntervalSweep):  # Hydra's intervals are real (interval(1, 8) too)
         return FloatDistribution(float(space.start), float(space.end), log="log" in space.tags)

@@ -1,7 +1,7 @@
 """A run folder's life: named and created (without ever sharing one), locked while a run trains in
 it, its config recorded, and removed again only if this process made it and nothing was written.
 
-What a run folder holds, and reading it back, is stn/utils/runs.py.
+What a run folder holds, and reading it back, is stn/runs/reading.py.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from stn.errors import ConfigError
+from stn.runs.reading import RUN_CONFIG, split_override
 from stn.utils.files import file_lock
-from stn.utils.runs import RUN_CONFIG, split_override
 
 LOCK_FILE = ".lock"  # held (flock) while a run trains in its folder
 
@@ -100,7 +100,7 @@ def remove_if_unused(folder: Path) -> bool:
 def record_run_config(run_dir: Path) -> None:
     """Keep a copy of Hydra's record of this run (`.hydra/`) in `run_config/`: Hydra rewrites
     `.hydra/` at every start in the folder, and a resume must compare with the run that wrote the
-    checkpoints (stn/utils/resume.py). Written when a run starts afresh in the folder."""
+    checkpoints (stn/runs/resume.py). Written when a run starts afresh in the folder."""
     source, record = run_dir / ".hydra", run_dir / RUN_CONFIG
     if not (source / "config.yaml").is_file():
         return
