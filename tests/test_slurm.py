@@ -7,6 +7,7 @@ reason where `sinfo` does not answer. CI starts the cluster first (.ci/run)."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import shutil
 import subprocess
@@ -21,8 +22,10 @@ from stn.paths import ROOT
 from .conftest import TINY, assert_one_sentence_error, cli_command, cli_env, jobs_of, multirun, run
 
 
+@functools.cache
 def _cluster_answers() -> str:
-    """'' when a SLURM cluster with partition debug answers here, else why not."""
+    """'' when a SLURM cluster with partition debug answers here, else why not (asked once, and only
+    when a test of this module is selected: collection asks nothing of the machine)."""
     if shutil.which("sinfo") is None:
         return "SLURM is not installed (make slurm-up installs and starts a one-machine cluster)"
     try:
@@ -36,11 +39,16 @@ def _cluster_answers() -> str:
     return ""
 
 
-pytestmark = [
-    pytest.mark.slurm,
-    pytest.mark.slow,
-    pytest.mark.skipif(bool(_cluster_answers()), reason=_cluster_answers() or "a SLURM cluster answers"),
-]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow]
+
+
+@pytest.fixture(autouse=True)
+def _needs_the_cluster() -> None:
+    why = _cluster_answers()
+    if why:
+        pytest.skip(why)
+
+
 ON_SLURM = ["hydra/launcher=slurm", "hydra.launcher.partition=debug"]
 
 
