@@ -20,7 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from stn.errors import ConfigError, hold_stderr, release_stderr, stderr_held, user_errors_reported
+from stn.errors import ConfigError, first_line, hold_stderr, release_stderr, stderr_held, user_errors_reported
 from stn.paths import CONF_DIR
 
 Task = Callable[[DictConfig], Any]
@@ -108,7 +108,7 @@ def check_torch_pair() -> None:
             except PackageNotFoundError:
                 return "none"
 
-        first = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+        first = first_line(error)
         raise ConfigError(
             f"torchvision {installed('torchvision')} cannot be imported beside torch {installed('torch')} "
             f"({first[:160]}): they are not a matching pair; install one, e.g. "

@@ -98,6 +98,12 @@ def one_of(*choices: Any) -> Allowed:
     return Allowed(lambda v: str(v) in names, " | ".join(names))
 
 
+def first_line(error: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name: what a one-sentence
+    error quotes of a library's own (often many-line) message."""
+    return next((line.strip() for line in str(error).splitlines() if line.strip()), type(error).__name__)
+
+
 def out_of_range(key: str, value: Any, allowed: Allowed) -> str:
     """The one sentence for a refused value."""
     value = list(value) if isinstance(value, (list, tuple, ListConfig)) else value

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from stn.errors import ConfigError, UserError
+from stn.errors import ConfigError, UserError, first_line
 from stn.paths import ZOO_DIR
 from stn.runs.reading import RUN_CONFIG, saved_config
 from stn.utils.files import MAX_CONFIG_BYTES, file_digest, read_text
@@ -93,7 +93,7 @@ def _built(model_config: DictConfig, data_config: DictConfig, source: Path) -> L
     try:
         OmegaConf.resolve(cfg)
     except Exception as error:  # a broken interpolation
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise ConfigError(f"{source} cannot be resolved ({first})") from None
     check_targets(cfg, source)
     cfg.model.compile = False  # speed options of the training machine, not of this one
@@ -108,9 +108,7 @@ def load_weights(module: torch.nn.Module, checkpoint: Path, why: str = "") -> No
     try:
         module.load_state_dict(read_checkpoint(checkpoint)["state_dict"])
     except RuntimeError as error:
-        raise UserError(
-            f"{checkpoint} does not fit this model config ({str(error).splitlines()[0]}){why}"
-        ) from None
+        raise UserError(f"{checkpoint} does not fit this model config ({first_line(error)}){why}") from None
 
 
 def checkpoint_model(checkpoint: Path) -> TrainedModel:
@@ -186,7 +184,7 @@ def zoo_files_model(name: str, weights: Path, config_file: Path) -> TrainedModel
     try:
         module.net.load_state_dict(load_file(weights))
     except (SafetensorError, RuntimeError, OSError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise UserError(f"{weights} cannot be loaded into its model ({first})") from None
     return TrainedModel(name, module.eval(), config.model, config.data)
 

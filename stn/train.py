@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
@@ -22,6 +22,8 @@ from stn.errors import RunInterrupted, in_multirun
 
 if TYPE_CHECKING:  # torch and Lightning are imported where a run starts: the command line answers first
     import lightning as L
+
+    from stn.sweeps.pruning import PrunedTrial
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +64,7 @@ def stopped_runs_reported(trainer: L.Trainer, cfg: DictConfig, testing: bool = F
     ) from None
 
 
-def train(cfg: DictConfig) -> dict[str, float | str]:
+def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as `cfg` says; returns every logged metric (and `best_model_path`) and writes
     them to the run folder's metrics.json."""
     from hydra.core.hydra_config import HydraConfig
@@ -86,9 +88,7 @@ def train(cfg: DictConfig) -> dict[str, float | str]:
         return _fit_and_test(cfg, ckpt_path, hydra_cfg)
 
 
-def _fit_and_test(
-    cfg: DictConfig, ckpt_path: str | None, hydra_cfg: DictConfig | None
-) -> dict[str, float | str]:
+def _fit_and_test(cfg: DictConfig, ckpt_path: str | None, hydra_cfg: DictConfig | None) -> dict[str, Any]:
     import lightning as L
 
     from stn.loggers import logged_metrics
@@ -112,11 +112,14 @@ def _fit_and_test(
     model = build_model(cfg)
     log.info("Parameters: %s", parameter_counts(model.net))
     callbacks = instantiate_group(cfg.get("callbacks"))
+    pruning = study_pruning(cfg, hydra_cfg)
+    if pruning is not None:
+        callbacks.append(pruning)
     trainer: L.Trainer = build(
         cfg, "trainer", callbacks=callbacks, logger=instantiate_group(cfg.get("logger"))
     )
 
-    metrics: dict[str, float | str] = {}
+    metrics: dict[str, Any] = {}
     if cfg.get("train", True):
         start = time.perf_counter()
         with stopped_runs_reported(trainer, cfg):
@@ -124,7 +127,15 @@ def _fit_and_test(
         metrics["time/fit_seconds"] = fit_seconds(trainer, time.perf_counter() - start)
         metrics.update(logged_metrics(trainer))
 
-    if cfg.get("test", True):
+    pruned = pruning is not None and pruning.pruned_at is not None
+    if pruned:
+        epoch, value = pruning.pruned_at
+        metrics["pruned"] = {"epoch": epoch, cfg.optimized_metric: value}
+        log.info(
+            "Pruned by the study '%s' after epoch %d: %s %.4f; not tested, its checkpoints are in %s",
+            hydra_cfg.sweeper.study_name, epoch, cfg.optimized_metric, value, cfg.paths.output_dir,
+        )  # fmt: skip
+    if cfg.get("test", True) and not pruned:
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if checkpoint is not None else ""
         if not best:  # expected under fast_dev_run (it writes no checkpoint); a surprise otherwise
@@ -145,13 +156,29 @@ def _fit_and_test(
         finished = ", ".join(
             f"{key} {metrics[key]:.4f}" for key in ("val/acc_best", "test/acc") if key in metrics
         )
-        log.info(
-            "Finished: %s; metrics.json and the checkpoints are in %s", finished or "no metrics", output_dir
-        )
+        if not pruned:
+            log.info(
+                "Finished: %s; metrics.json and the checkpoints are in %s", finished or "no metrics", output_dir
+            )
     return metrics
 
 
-def train_task(cfg: DictConfig) -> float | None:
+def study_pruning(cfg: DictConfig, hydra_cfg: DictConfig | None) -> L.Callback | None:
+    """The callback that reports this run to its Optuna study and stops it when the study's pruner
+    says so: only for a trial of a stored study (the sweeper sets `optuna_trial`)."""
+    if cfg.get("optuna_trial") is None or hydra_cfg is None or not hydra_cfg.sweeper.get("storage"):
+        return None
+    from stn.callbacks.study_pruning import StudyPruning
+    from stn.sweeps.pruning import build_pruner, trial_of
+
+    sweeper = hydra_cfg.sweeper
+    trial = trial_of(
+        sweeper.storage, sweeper.study_name, int(cfg.optuna_trial), build_pruner(sweeper.get("pruner"))
+    )
+    return StudyPruning(trial, cfg.optimized_metric)
+
+
+def train_task(cfg: DictConfig) -> float | PrunedTrial | None:
     """What `python -m stn.train` runs: train, and return the metric a sweeper optimises. A single
     run refused with one sentence leaves no folder behind (a sweep's job keeps its folder and log,
     where stn.summarize reads its error)."""
@@ -163,6 +190,11 @@ def train_task(cfg: DictConfig) -> float | None:
         if not in_multirun():
             remove_if_unused(Path(cfg.paths.output_dir))
         raise
+    if "pruned" in metrics:  # the sweeper tells the study this trial was pruned
+        from stn.sweeps.pruning import PrunedTrial
+
+        pruned = metrics["pruned"]
+        return PrunedTrial(pruned["epoch"], cfg.optimized_metric, pruned[cfg.optimized_metric])
     return metrics.get(cfg.get("optimized_metric"))
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import lightning as L
 import pytest
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from stn.errors import ConfigError, RunInterrupted
 from stn.train import train
@@ -150,7 +150,11 @@ def test_sigterm_to_the_process_group_with_dataloader_workers_is_the_sentence(
             None,
             "hydra.sweeper.direction=sideways is out of range: allowed minimize | maximize",
         ),
-        (5, "maximize", "postgresql://db/x", "allowed sqlite:///<file> or null"),
+        (5, "maximize", "mysql://db/x", "is out of range: allowed sqlite:///<file> | journal:<file>"),
+        (5, "maximize", "postgresql://stn:secret@localhost/stn", "carries a password"),
+        (5, "maximize", "postgresql://localhost", "names no host or no database"),
+        (5, "maximize", "journal:NOT_SQLITE", "is not an Optuna journal"),
+        (5, "maximize", "journal:MISSING/study.log", "does not exist"),
         (5, "maximize", "sqlite:///NOT_SQLITE", "is not a SQLite database"),
         (5, "maximize", "sqlite:///MISSING/study.db", "does not exist"),
     ],
@@ -165,9 +169,25 @@ def test_an_optuna_study_that_cannot_run_is_refused_before_its_first_trial(
         storage = storage.replace("NOT_SQLITE", str(tmp_path / "text.db")).replace(
             "MISSING", str(tmp_path / "no")
         )
+
+    def sweeper(n_trials=5, direction="maximize", storage=None, study_name="s", **rest):
+        return OmegaConf.create(
+            {"n_trials": n_trials, "n_jobs": 1, "max_failure_rate": 1.0, "direction": direction,
+             "storage": storage, "study_name": study_name, **rest}
+        )  # fmt: skip
+
     with pytest.raises(ConfigError, match=message):
-        check_sweeper(n_trials, [direction], storage)
-    check_sweeper(5, ["maximize"], f"sqlite:///{tmp_path / 'new.db'}")  # a new file in a folder that exists
+        check_sweeper(sweeper(n_trials, direction, storage))
+    for new in (
+        f"sqlite:///{tmp_path / 'new.db'}",
+        f"journal:{tmp_path / 'new.log'}",
+        "postgresql://stn@db:5432/stn",
+    ):
+        assert check_sweeper(sweeper(storage=new)) == ["maximize"]  # a new file in a folder that exists
+    with pytest.raises(ConfigError, match="hydra.sweeper.max_failure_rate=half is out of range"):
+        check_sweeper(sweeper(max_failure_rate="half"))
+    with pytest.raises(ConfigError, match="study_name is null with a storage"):
+        check_sweeper(sweeper(storage=f"journal:{tmp_path / 'new.log'}", study_name=None))
 
 
 def test_the_summary_neutralises_formulas_html_and_row_breaks(finished_run: Path, tmp_path: Path):

@@ -22,7 +22,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from stn.data.prepare_canvas import grey_levels, place
-from stn.errors import UserError
+from stn.errors import UserError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -47,7 +47,7 @@ def read_grey(path: Path) -> torch.Tensor:
             "scale it down first"
         ) from None
     except (UnidentifiedImageError, OSError, ValueError) as error:
-        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else str(error).splitlines()[0]
+        reason = "empty file" if path.is_file() and path.stat().st_size == 0 else first_line(error)
         raise ImageError(f"cannot read {path} as an image ({reason})") from None
     if grey.size == 0:
         raise ImageError(f"{path} has no pixels")

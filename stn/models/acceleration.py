@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from stn.errors import UserError
+from stn.errors import UserError, first_line
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
@@ -44,8 +44,8 @@ def compile_mode_for(mode: str, device: torch.device) -> str:
 
 def compile_failure(error: Exception) -> AccelerationError:
     """The error to raise when the first compiled call fails: one sentence and what to do."""
-    first_line = next((line for line in str(error).splitlines() if line.strip()), type(error).__name__)
+    first = first_line(error)
     return AccelerationError(
         f"model.compile=true, but torch.compile failed on this machine ({type(error).__name__}: "
-        f"{first_line[:300]}); set model.compile=false to train without it"
+        f"{first[:300]}); set model.compile=false to train without it"
     )

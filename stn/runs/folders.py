@@ -20,7 +20,7 @@ LOCK_FILE = ".lock"  # held (flock) while a run trains in its folder
 # overrides a run's name leaves out: where it runs, how it reports progress, and the data / model
 # choice its name already says; whole sections by prefix, single keys exactly (`data.batch_size` is named)
 UNNAMED_SECTIONS = ("hydra", "paths", "callbacks.progress_bar")
-UNNAMED_KEYS = ("ckpt_path", "data", "model", "data.data_dir", "print_config")
+UNNAMED_KEYS = ("ckpt_path", "data", "model", "data.data_dir", "print_config", "optuna_trial")
 
 
 def _named(override: str) -> bool:

@@ -19,7 +19,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import setup_globals
 from omegaconf import DictConfig, OmegaConf
 
-from stn.errors import ConfigError
+from stn.errors import ConfigError, first_line
 from stn.utils.files import MAX_JSON_DEPTH, MAX_METRICS_BYTES, json_depth, read_text, read_yaml_text
 from stn.utils.untrusted import check_targets, load_untrusted
 
@@ -107,7 +107,7 @@ def plain_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(read_yaml_text(path))
     except (OSError, yaml.YAMLError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise ConfigError(f"{path} cannot be read as YAML ({first})") from None
 
 
@@ -145,7 +145,7 @@ def saved_config(run_dir: Path, record: str = ".hydra", paths: dict | None = Non
     try:
         OmegaConf.resolve(config)
     except Exception as error:  # a broken interpolation: one sentence, naming the file
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise ConfigError(f"{config_file} cannot be resolved ({first})") from None
     finally:
         holder.cfg = previous

@@ -14,14 +14,14 @@ only when a sweep starts, so a plain command never imports Optuna.
   the other loads it instead of failing on the database's uniqueness check.
 - A study whose every trial failed ends with one sentence saying so and where the errors are,
   not Optuna's "No trials are completed yet".
-- A study that cannot run as asked (no trials, an unknown direction, a storage that is not a
-  SQLite file) is refused in one sentence before its first trial (`check_sweeper`).
+- A study that cannot run as asked (no trials, an unknown direction, a storage that cannot work)
+  is refused in one sentence before its first trial (`check_sweeper`); where a study is kept
+  (stn/sweeps/storage.py) is its own module.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -36,7 +36,7 @@ from optuna.distributions import (
 )
 from optuna.samplers import TPESampler
 
-from stn.errors import ConfigError
+from stn.errors import ConfigError, check_value, integers, numbers, one_of
 
 
 class ResumingTPESampler(TPESampler):
@@ -64,33 +64,25 @@ def directions_of(direction: Any) -> list[str]:
 DIRECTIONS = ("minimize", "maximize")
 
 
-def check_sweeper(n_trials: Any, directions: list[str], storage: str | None) -> None:
-    """ConfigError, before the first trial, for a study that cannot run as asked: no trials, a
-    direction Optuna does not know, or a storage that is not a SQLite file this machine can open."""
-    if not (isinstance(n_trials, int) and not isinstance(n_trials, bool) and n_trials >= 1):
-        raise ConfigError(f"hydra.sweeper.n_trials={n_trials} is out of range: allowed integers >= 1")
+def check_sweeper(sweeper: Any) -> list[str]:
+    """The study's directions; ConfigError naming the key, before the first trial, for a sweeper
+    config that cannot run as asked (no trials, an unknown direction, a failure rate that is not
+    a share, a storage that cannot work, a study kept without a name)."""
+    from stn.sweeps.storage import check_storage
+
+    check_value("hydra.sweeper.n_trials", sweeper.n_trials, integers(1))
+    check_value("hydra.sweeper.n_jobs", sweeper.n_jobs, integers(1))
+    check_value("hydra.sweeper.max_failure_rate", sweeper.max_failure_rate, numbers(0.0, 1.0))
+    directions = directions_of(sweeper.direction)
     for direction in directions:
-        if direction.lower() not in DIRECTIONS:
-            raise ConfigError(
-                f"hydra.sweeper.direction={direction} is out of range: allowed {' | '.join(DIRECTIONS)}"
-            )
-    if not storage:
-        return
-    if not str(storage).startswith("sqlite:///"):
+        check_value("hydra.sweeper.direction", direction.lower(), one_of(*DIRECTIONS))
+    check_storage(sweeper.storage)
+    if sweeper.storage and not sweeper.study_name:
         raise ConfigError(
-            f"hydra.sweeper.storage={storage} is out of range: allowed sqlite:///<file> or null (in memory); "
-            "other databases need their own driver and server, which this project does not set up"
+            "hydra.sweeper.study_name is null with a storage, which would start a new unnamed study each "
+            "time; name the study (hydra.sweeper.study_name=mine)"
         )
-    path = Path(str(storage).removeprefix("sqlite:///"))
-    if path.exists() and not path.is_file():
-        raise ConfigError(f"hydra.sweeper.storage={storage}: {path} is not a file")
-    if path.is_file():
-        with path.open("rb") as file:
-            header = file.read(16)
-        if header and header != b"SQLite format 3\x00":
-            raise ConfigError(f"hydra.sweeper.storage={storage}: {path} is not a SQLite database")
-    elif not path.parent.is_dir():
-        raise ConfigError(f"hydra.sweeper.storage={storage}: its folder {path.parent} does not exist")
+    return [direction.lower() for direction in directions]
 
 
 def create_study(storage: str, study_name: str | None, directions: list[str], attempts: int = 10) -> None:
@@ -147,3 +139,29 @@ def objective_values(value: Any, count: int) -> list[float]:
     if len(values) != count:
         raise ValueError(f"the job returned {len(values)} values for {count} directions: {value!r}")
     return [float(v) for v in values]
+
+
+TRIAL_COLUMNS = ["trial", "job", "state", "value", "start", "end", "pruned_after_epoch", "params"]
+
+
+def trial_rows(trials: list[optuna.trial.FrozenTrial]) -> list[list[Any]]:
+    """A study's trials as the rows of a sweep folder's trials.csv (with its header): the job that
+    ran each (the sweeper's `optuna_trial` override), its state, value, start and end."""
+    import json
+
+    rows: list[list[Any]] = [TRIAL_COLUMNS]
+    for trial in trials:
+        steps = sorted(trial.intermediate_values)
+        rows.append(
+            [
+                trial.number,
+                trial.user_attrs.get("job", ""),
+                trial.state.name,
+                "" if trial.value is None else f"{trial.value:.6g}",
+                trial.datetime_start.isoformat() if trial.datetime_start else "",
+                trial.datetime_complete.isoformat() if trial.datetime_complete else "",
+                steps[-1] if trial.state.name == "PRUNED" and steps else "",
+                json.dumps(trial.params, sort_keys=True),
+            ]
+        )
+    return rows

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from stn.errors import ConfigError, UserError
+from stn.errors import ConfigError, UserError, first_line
 from stn.utils.files import check_regular
 
 MAX_CHECKPOINT_BYTES = 16 << 30  # far beyond any model this project trains
@@ -31,7 +31,7 @@ def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
         if not isinstance(state, dict) or "state_dict" not in state:
             raise ValueError("not a Lightning checkpoint (no state_dict)")
     except Exception as error:  # pickle, zip and torch raise many types
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = first_line(error)
         if "weights_only" in str(error):  # a pickle that asks for code: never advise running it
             first = "it holds objects other than tensors and plain values, which are not loaded"
         raise UserError(f"{checkpoint} cannot be read as a checkpoint ({first[:200]})") from None

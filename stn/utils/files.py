@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from stn.errors import ConfigError
+from stn.errors import ConfigError, first_line
 
 CHUNK = 1 << 20  # bytes read at a time
 MAX_CONFIG_BYTES = 8 << 20  # a run's config, Hydra's record, a zoo config, a manifest
@@ -127,7 +127,7 @@ def refuse_yaml_aliases(text: str, path: Path) -> None:
                     "this project never writes and which can expand without bound; refusing to read it"
                 )
     except yaml.YAMLError as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise ConfigError(f"{path} cannot be read as YAML ({first})") from None
 
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stn.errors import ConfigError
+from stn.errors import ConfigError, first_line
 from stn.paths import CONF_DIR
 from stn.utils.files import read_yaml_text
 
@@ -130,7 +130,7 @@ def load_untrusted(path: Path, leave_out: tuple[str, ...] = ()) -> DictConfig | 
     try:
         config = OmegaConf.load(io.StringIO(text))
     except Exception as error:  # yaml's and OmegaConf's parse errors
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        first = first_line(error)
         raise ConfigError(f"{path} cannot be read as a config ({first})") from None
     if not isinstance(config, (DictConfig, ListConfig)):
         raise ConfigError(f"{path} is not a config (a YAML mapping)")
