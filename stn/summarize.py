@@ -1,350 +1,55 @@
-"""One table for a finished sweep:
+"""One table and one page for a finished sweep:
 
     python -m stn.summarize outputs/train/multiruns/<date>_<time> [--out DIR] [--metric M] [--mode max]
 
-Reads every job folder of the sweep (Hydra's `.hydra/overrides.yaml`, and `metrics.json` once the
-job finished) and writes `summary.md` and `summary.csv`: one row per job with its overrides and
-final metrics, best first, then the failed jobs with their error (from the job's log). Also
-`summary.png`: the metric against each swept parameter, one panel per parameter, and
-`summary.html`: one static page (no server; images inside it) with the table, the plot, and each
-job's final transformed digits and transform telemetry, so a sweep is read in one place.
+Writes `summary.md` and `summary.csv` (one row per job with its overrides and final metrics: best
+first, then pruned trials, then failed jobs with their error), `summary.png` (the metric against
+each swept parameter) and `summary.html` (stn/sweeps/summary_page.py); for an Optuna sweep also
+`timeline.png` and, where its study is stored, `history.png`, `curves.png` and `importances.png`
+(stn/sweeps/study_plots.py). The reading and the tables are stn/sweeps/summary.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import math
-import re
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from stn.errors import ConfigError, UserError
-from stn.runs.reading import plain_yaml, run_folders, saved_config, split_override
-from stn.utils.files import csv_text, read_bytes, write_atomically
-
-MAX_LOG_BYTES = 64 << 20  # a job's log that stn.summarize reads for its error
-MAX_PICTURE_BYTES = 32 << 20  # a job's transform history, put inside summary.html
-METRICS = ("val/acc_best", "val/loss", "test/acc", "test/loss", "time/fit_seconds")
-
-
-@dataclass
-class Job:
-    folder: Path
-    overrides: dict[str, str]
-    metrics: dict[str, float] = field(default_factory=dict)
-    error: str | None = None
-
-    @property
-    def name(self) -> str:
-        return self.folder.name
-
-    @property
-    def finished(self) -> bool:
-        """It wrote its metrics, and every one of them is a number (a NaN or inf metric is a run
-        that went wrong, never one to rank)."""
-        return bool(self.metrics) and all(math.isfinite(value) for value in self.metrics.values())
-
-    @property
-    def status(self) -> str:
-        """ok, diverged (the loss stopped being finite) or failed."""
-        if self.finished:
-            return "ok"
-        if self.metrics:  # finished, but with a metric that is not a number
-            return "diverged"
-        return "diverged" if (self.error or "").startswith("training diverged") else "failed"
+from stn.errors import UserError
+from stn.sweeps.summary import (
+    METRICS,
+    code_span,
+    fixed_overrides,
+    load_jobs,
+    ranked,
+    sweep_command,
+    sweep_metric,
+    swept_keys,
+    write_plot,
+    write_tables,
+)
+from stn.sweeps.summary_page import write_html
 
 
-def job_error(folder: Path) -> str:
-    """The first line of the last error a job logged (its `<task>.log`), or what it lacks."""
-    messages = []
-    for log_file in sorted(folder.glob("*.log")):
-        try:  # a bounded regular file: a FIFO or a link to /dev/zero named *.log is skipped
-            text = read_bytes(log_file, MAX_LOG_BYTES).decode("utf-8", errors="replace")
-        except ConfigError:
-            continue
-        for line in text.splitlines():
-            match = re.match(r"\[[^\]]*\]\[[^\]]*\]\[ERROR\] - (.*)", line)
-            if match:
-                messages.append(match.group(1))
-    return messages[-1] if messages else "no metrics.json and no error in its log (killed, or still running)"
+def study_pictures(sweep_dir: Path, out: Path, metric: str) -> list[tuple[str, Path]]:
+    """An Optuna sweep's timeline and, where its study is stored, Optuna's pictures of it (a study
+    that cannot be opened is named on stderr; the rest of the summary is still written)."""
+    from stn.sweeps.study_plots import load_study, write_study_plots, write_timeline
 
-
-def load_jobs(sweep_dir: Path) -> list[Job]:
-    """Every job folder of the sweep; one whose record cannot be read (a broken overrides.yaml or
-    metrics.json) is a failed job with that sentence as its error, and the others still count."""
-    jobs = []
-    for run in run_folders(sweep_dir):
-        try:
-            overrides = dict(split_override(override) for override in run.overrides)
-        except UserError as error:
-            jobs.append(Job(run.path, {}, error=str(error)))
-            continue
-        try:
-            run_metrics = run.metrics
-        except UserError as error:
-            jobs.append(Job(run.path, overrides, error=str(error)))
-            continue
-        if run_metrics is not None:
-            metrics = {
-                k: float(v)
-                for k, v in run_metrics.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
-            job = Job(run.path, overrides, metrics)
-            if not job.finished:
-                # what the project writes besides numbers: the best checkpoint's path
-                words = {k: v for k, v in run_metrics.items() if k not in metrics and k != "best_model_path"}
-                bad = [f"{k}={v}" for k, v in metrics.items() if not math.isfinite(v)]
-                bad += [f"{k}={str(v)[:40]!r}" for k, v in words.items()]
-                job.error = f"metrics that are not numbers: {', '.join(bad) or 'none of them is a number'}"
-            jobs.append(job)
-        else:
-            jobs.append(Job(run.path, overrides, error=job_error(run.path)))
-    return sorted(jobs, key=lambda j: (len(j.name), j.name))
-
-
-def swept_keys(jobs: list[Job]) -> list[str]:
-    """The override keys whose value differs between jobs (the sweep's parameters)."""
-    keys: list[str] = []
-    for job in jobs:
-        keys += [k for k in job.overrides if k not in keys]
-    return [k for k in keys if len({job.overrides.get(k) for job in jobs}) > 1]
-
-
-def ranked(jobs: list[Job], metric: str, mode: str) -> list[Job]:
-    finished = [j for j in jobs if j.finished]
-    worst = -math.inf if mode == "max" else math.inf
-    finished.sort(key=lambda j: j.metrics.get(metric, worst), reverse=mode == "max")
-    return finished + [j for j in jobs if not j.finished]
-
-
-def _fmt(value: float | None) -> str:
-    return "" if value is None else f"{value:.4g}"
-
-
-def table_rows(jobs: list[Job], keys: list[str], metrics: list[str]) -> list[list[str]]:
-    rows = []
-    for job in jobs:
-        cells = [job.name, job.status]
-        cells += [job.overrides.get(k, "") for k in keys]
-        cells += [_fmt(job.metrics.get(m)) for m in metrics]
-        cells.append(job.error or "")
-        rows.append(cells)
-    return rows
-
-
-def one_line(cell: str) -> str:
-    """A value as one line: a newline in an override or an error would split its table row."""
-    return " ".join(str(cell).splitlines())
-
-
-def spreadsheet_safe(cell: str) -> str:
-    """A CSV cell a spreadsheet shows as written: one that starts with =, +, -, @ (or a tab or
-    carriage return) and is not a number would be evaluated as a formula, so it gets a leading
-    apostrophe, as OWASP's CSV-injection advice and the spreadsheets themselves do."""
-    cell = one_line(cell)
-    if cell and cell[0] in "=+-@\t\r" and _number(cell) is None:
-        return "'" + cell
-    return cell
-
-
-def markdown_cell(cell: str) -> str:
-    """A cell of summary.md: one line, its HTML shown as text, its | not a column break."""
-    return html.escape(one_line(cell), quote=False).replace("|", "\\|")
-
-
-def code_span(text: str) -> str:
-    """`text` as a Markdown code span (shown as written, HTML included), on one line; a backtick in
-    it would end the span, so it is shown as an apostrophe."""
-    return "`" + one_line(text).replace("`", "'") + "`"
-
-
-def write_tables(
-    jobs: list[Job], keys: list[str], metrics: list[str], out: Path, preamble: str = ""
-) -> tuple[Path, Path]:
-    header = ["job", "status", *keys, *metrics, "error"]
-    rows = table_rows(jobs, keys, metrics)
-    csv_path = out / "summary.csv"
-    write_atomically(csv_path, csv_text([[spreadsheet_safe(c) for c in row] for row in [header, *rows]]))
-    md_path = out / "summary.md"
-    escape = [[markdown_cell(cell) for cell in row] for row in [header, *rows]]
-    header, escape = escape[0], escape[1:]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in escape]
-    write_atomically(md_path, preamble + "\n".join(lines) + "\n")
-    return md_path, csv_path
-
-
-def _number(value: str) -> float | None:
+    pictures = []
+    timeline = write_timeline(sweep_dir, out)
+    if timeline is not None:
+        pictures.append(("Timeline: one bar a trial (pruned: hatched)", timeline[0]))
     try:
-        return float(value)
-    except ValueError:
-        return None
-
-
-def write_plot(jobs: list[Job], keys: list[str], metric: str, out: Path) -> Path | None:
-    """The metric against each swept parameter: numbers on a (log, when they span > 10x) axis,
-    anything else as categories."""
-    finished = [j for j in jobs if j.finished and metric in j.metrics]
-    if not finished or not keys:
-        return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
-    for axis, key in zip(axes[0], keys, strict=True):
-        values = [j.overrides.get(key, "") for j in finished]
-        scores = [j.metrics[metric] for j in finished]
-        numbers = [_number(v) for v in values]
-        if all(n is not None for n in numbers):
-            axis.scatter(numbers, scores)
-            positive = [n for n in numbers if n > 0]
-            # a learning rate reads on a log axis whatever its span; anything else past 10x
-            step_size = "lr" in key.rsplit(".", 1)[-1]
-            if len(positive) == len(numbers) and (step_size or max(positive) / min(positive) > 10):
-                axis.set_xscale("log")
-        else:
-            categories = sorted(set(values))
-            axis.scatter([categories.index(v) for v in values], scores)
-            axis.set_xticks(range(len(categories)), categories, rotation=30)
-        axis.set_xlabel(key)
-        axis.set_ylabel(metric)
-        axis.grid(alpha=0.3)
-    figure.tight_layout()
-    path = out / "summary.png"
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
-
-
-PAGE_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 24px; color: #222; }
-table { border-collapse: collapse; font-size: 13px; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: left; }
-th { background: #f0f0f0; }
-tr.failed td, tr.diverged td { color: #a00; }
-.jobs { display: flex; flex-wrap: wrap; gap: 16px; }
-.job { border: 1px solid #ccc; border-radius: 6px; padding: 10px; max-width: 360px; }
-.job h3 { margin: 0 0 6px 0; font-size: 15px; }
-.job img { max-width: 340px; image-rendering: pixelated; }
-.note { color: #666; font-size: 13px; }
-"""
-TELEMETRY = ("scale", "rotation", "shear", "translation", "outside_fraction", "background_fraction")
-
-
-def _image_tag(path: Path, alt: str) -> str:
-    """An <img> holding the PNG itself (base64), so the page is one file that opens anywhere; a
-    picture that is not a bounded regular file is left out."""
-    try:
-        encoded = base64.b64encode(read_bytes(path, MAX_PICTURE_BYTES)).decode("ascii")
-    except ConfigError:
-        return f"<p class='note'>{html.escape(alt)}: not a readable picture</p>"
-    return f'<img src="data:image/png;base64,{encoded}" alt="{html.escape(alt)}">'
-
-
-def fixed_overrides(jobs: list[Job], keys: list[str]) -> dict[str, str]:
-    """The overrides every job shares (the sweep's fixed settings: `trainer.max_epochs=2`, a subset)."""
-    shared = [k for job in jobs for k in job.overrides if k not in keys and k]
-    return {
-        k: jobs[0].overrides[k]
-        for k in dict.fromkeys(shared)
-        if all(j.overrides.get(k) == jobs[0].overrides.get(k) for j in jobs)
-    }
-
-
-def sweep_command(sweep_dir: Path) -> str | None:
-    """The command that made the sweep, from Hydra's record of it (`<sweep>/multirun.yaml`)."""
-    record = sweep_dir / "multirun.yaml"
-    if not record.is_file():
-        return None
-    try:
-        task = plain_yaml(record)["hydra"]["overrides"]["task"]
-        return "python -m stn.train --multirun " + " ".join(str(override) for override in task)
-    except (UserError, KeyError, TypeError):
-        return None
-
-
-def write_html(
-    jobs: list[Job],
-    keys: list[str],
-    metrics: list[str],
-    metric: str,
-    out: Path,
-    title: str,
-    fixed: dict[str, str] | None = None,
-    command: str | None = None,
-) -> Path:
-    """One static page for the sweep: the table, the metric-vs-parameter plot, and per job its
-    final transformed digits (the run's transform_history.png) and its transform telemetry."""
-    header = ["job", "status", *keys, *metrics, "error"]
-    rows = []
-    for job, cells in zip(jobs, table_rows(jobs, keys, metrics), strict=True):
-        rows.append(
-            f'<tr class="{job.status}">' + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
-        )
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
-        f"<style>{PAGE_STYLE}</style></head><body>",
-        f"<h1>{html.escape(title)}</h1>",
-        f"<p class='note'>{len(jobs)} jobs, ranked by {html.escape(metric)}; "
-        f"{sum(not j.finished for j in jobs)} failed.</p>",
-        *([f"<p>Command: <code>{html.escape(command)}</code></p>"] if command else []),
-        "<p>Fixed for every job: "
-        + (
-            ", ".join(
-                f"<code>{html.escape(k)}={html.escape(str(v))}</code>" for k, v in (fixed or {}).items()
-            )
-            or "nothing beyond the defaults"
-        )
-        + "</p>",
-        "<h2>Jobs</h2><table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>",
-        *rows,
-        "</table>",
-    ]
-    plot = out / "summary.png"
-    if plot.is_file():
-        parts += [f"<h2>{html.escape(metric)} against each swept parameter</h2>", _image_tag(plot, "plot")]
-    parts.append("<h2>What each job's transformer does</h2><div class='jobs'>")
-    for job in jobs:
-        overrides = ", ".join(f"{k}={job.overrides[k]}" for k in keys if k in job.overrides)
-        card = [f"<div class='job'><h3>job {html.escape(job.name)}: {html.escape(job.status)}</h3>"]
-        card.append(f"<p class='note'>{html.escape(overrides)}</p>")
-        if job.finished:
-            card.append(f"<p>{html.escape(metric)} = {_fmt(job.metrics.get(metric))}</p>")
-            figures = [(name, job.metrics.get(f"transform/{name}")) for name in TELEMETRY]
-            figures = [(name, value) for name, value in figures if value is not None]
-            if figures:
-                card.append(
-                    "<table>" + "".join(f"<tr><td>{n}</td><td>{_fmt(v)}</td></tr>" for n, v in figures)
-                )
-                card.append("</table>")
-        else:
-            card.append(f"<p class='note'>{html.escape(job.error or '')}</p>")
-        history = job.folder / "transform_history.png"
-        if history.is_file():
-            card.append("<p class='note'>the same digits at every epoch (last row: the final model)</p>")
-            card.append(_image_tag(history, f"job {job.name} transform history"))
-        parts.append("".join(card) + "</div>")
-    parts.append("</div></body></html>")
-    path = out / "summary.html"
-    write_atomically(path, "\n".join(parts) + "\n")
-    return path
-
-
-def sweep_metric(jobs: list[Job]) -> str:
-    """The metric the sweep optimised (`optimized_metric` in the jobs' config)."""
-    for job in jobs:
-        if (job.folder / ".hydra" / "config.yaml").is_file():
-            try:
-                return str(saved_config(job.folder).get("optimized_metric", METRICS[0]))
-            except UserError as error:
-                print(f"skipped {job.folder}'s config: {error}", file=sys.stderr)
-    return METRICS[0]
+        study = load_study(sweep_dir)
+    except UserError as error:
+        print(f"skipped the study's pictures: {error}", file=sys.stderr)
+        return pictures
+    if study is not None:
+        titles = {"history": "Optimisation history", "curves": "Every trial's validation curve",
+                  "importances": "Parameter importances"}  # fmt: skip
+        pictures += [(titles[path.stem], path) for path in write_study_plots(study, out, metric)]
+    return pictures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -372,12 +77,21 @@ def main(argv: list[str] | None = None) -> int:
         + "\n\n"
     )
     written = [*write_tables(jobs, keys, metrics, out, preamble), write_plot(jobs, keys, metric, out)]
+    pictures = study_pictures(args.sweep_dir, out, metric)
+    written += [path for _, path in pictures]
+    title = f"Sweep {args.sweep_dir}"
     written.append(
-        write_html(jobs, keys, metrics, metric, out, f"Sweep {args.sweep_dir}", fixed=fixed, command=command)
+        write_html(
+            jobs, keys, metrics, metric, out, title, fixed=fixed, command=command, study_pictures=pictures
+        )
     )
-    failed = sum(not j.finished for j in jobs)
+    failed = sum(j.status not in ("ok", "pruned") for j in jobs)
+    pruned = sum(j.status == "pruned" for j in jobs)
     print((out / "summary.md").read_text())
-    print(f"{len(jobs)} jobs ({failed} failed), ranked by {metric} ({args.mode}); wrote", end=" ")
+    print(
+        f"{len(jobs)} jobs ({pruned} pruned, {failed} failed), ranked by {metric} ({args.mode}); wrote",
+        end=" ",
+    )
     print(", ".join(str(p) for p in written if p is not None))
     return 0
 

@@ -157,9 +157,8 @@ def _fit_and_test(cfg: DictConfig, ckpt_path: str | None, hydra_cfg: DictConfig 
             f"{key} {metrics[key]:.4f}" for key in ("val/acc_best", "test/acc") if key in metrics
         )
         if not pruned:
-            log.info(
-                "Finished: %s; metrics.json and the checkpoints are in %s", finished or "no metrics", output_dir
-            )
+            shown = finished or "no metrics"
+            log.info("Finished: %s; metrics.json and the checkpoints are in %s", shown, output_dir)
     return metrics
 
 

@@ -18,6 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from stn.errors import ConfigError
 from stn.sweeps.pruning import PrunedTrial, build_pruner
 from stn.sweeps.storage import absolute, open_storage
+from stn.sweeps.study_plots import idle_slot_seconds
 from stn.train import train, train_task
 
 from .conftest import TINY, compose_config, jobs_of, multirun, small_run
@@ -127,6 +128,15 @@ def test_the_storage_strings_open_optunas_storages(tmp_path: Path, monkeypatch: 
     assert isinstance(open_storage("sqlite:///study.db"), optuna.storages.RDBStorage)
 
 
+def test_idle_slot_time_counts_empty_slots_only_while_trials_remain():
+    # two slots; a barrier: the third trial waits for the slower of the first two (5 s idle)
+    assert idle_slot_seconds([(0, 10), (0, 5), (10, 12)], slots=2) == 5
+    # no barrier: the third starts when the first slot frees
+    assert idle_slot_seconds([(0, 10), (0, 5), (5, 12)], slots=2) == 0
+    # the tail after the last start does not count: no trial was left to launch
+    assert idle_slot_seconds([(0, 10), (0, 1)], slots=2) == 0
+
+
 def _sweep_trials(sweep: Path) -> list[dict[str, str]]:
     return list(csv.DictReader((sweep / "trials.csv").open()))
 
@@ -153,6 +163,16 @@ def test_a_joblib_sweep_where_every_trial_is_pruned_after_its_first_epoch(tmp_pa
     )
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 4
     assert [row["state"] for row in _sweep_trials(sweep)] == ["PRUNED"] * 4
+    # the summary lists them as pruned, never as failed, and draws the timeline and the curves
+    from stn.summarize import main as summarize
+
+    assert summarize([str(sweep)]) == 0
+    rows = list(csv.DictReader((sweep / "summary.csv").open()))
+    assert [row["status"] for row in rows] == ["pruned"] * 4
+    values = [float(row["val/acc_best"]) for row in rows]
+    assert values == sorted(values, reverse=True)  # ranked by the value they were stopped at
+    assert {"timeline.png", "curves.png"} <= {path.name for path in sweep.iterdir()}
+    assert "4 pruned, 0 failed" in (sweep / "summary.html").read_text()
 
 
 @pytest.mark.slow
