@@ -1,7 +1,7 @@
 # Everyday commands. The fast lane skips tests marked `slow` (pyproject.toml); test-all is CI's.
 PYTHON ?= python
 
-.PHONY: test test-all lint format slurm-up slurm-down
+.PHONY: test test-all lint format slurm-up slurm-down db-up db-down
 
 test:  ## the fast lane: every module, no subprocess or multi-epoch tests (~3 min on 2 cores)
 	$(PYTHON) -m pytest
@@ -22,3 +22,9 @@ slurm-up:  ## a one-machine SLURM cluster (apt install if needed; partition debu
 
 slurm-down:
 	bash tools/slurm.sh down
+
+db-up:  ## this clone's PostgreSQL server for stored Optuna studies (apt install if needed; data in .db/)
+	bash tools/db.sh up
+
+db-down:
+	bash tools/db.sh down

@@ -185,12 +185,15 @@ def cli_env(data_dir: Path) -> dict[str, str]:
     return {**os.environ, "STN_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
 
 
-def run(module: str, *overrides: str, data_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
-    """Run an entry point in a subprocess from the project root, on `data_dir`'s MNIST."""
+def run(
+    module: str, *overrides: str, data_dir: Path, check: bool = True, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """Run an entry point in a subprocess from the project root, on `data_dir`'s MNIST (`env`: more
+    environment variables)."""
     process = subprocess.run(
         cli_command(module, *overrides),
         cwd=ROOT,
-        env=cli_env(data_dir),
+        env={**cli_env(data_dir), **(env or {})},
         capture_output=True,
         text=True,
         timeout=600,

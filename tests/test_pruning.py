@@ -6,8 +6,11 @@ cannot work are one sentence each. Small subsets of real MNIST."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
+import os
+import uuid
 from datetime import datetime
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from stn.sweeps.storage import absolute, open_storage
 from stn.sweeps.study_plots import idle_slot_seconds
 from stn.train import train, train_task
 
-from .conftest import TINY, compose_config, jobs_of, multirun, small_run
+from .conftest import TINY, compose_config, jobs_of, multirun, run, small_run
 
 
 def _trial_run(tmp_path: Path, mnist_dir: Path, pruner: dict, epochs: int = 3):
@@ -192,3 +195,92 @@ def test_an_asynchronous_sweep_starts_the_next_trial_before_the_longest_ends(tmp
     longest = max(range(2), key=lambda i: end[i] - start[i])
     assert start[2] < end[longest]  # the third did not wait for the longest of the first two
     assert len(jobs_of(sweep)) == 3
+
+
+DB_PORT = os.environ.get("STN_DB_PORT", "55432")
+DB_URL = f"postgresql://stn@127.0.0.1:{DB_PORT}/stn"
+
+
+@functools.cache
+def _db_answers() -> str:
+    """'' when this clone's PostgreSQL server (make db-up) answers, else why not (asked only when a
+    test marked db is selected)."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (the sweeps extra)"
+    try:
+        psycopg.connect(f"host=127.0.0.1 port={DB_PORT} dbname=stn user=stn", connect_timeout=5).close()
+    except psycopg.Error as error:
+        return f"no PostgreSQL server answers at {DB_URL} ({str(error).strip()[:120]}); make db-up"
+    return ""
+
+
+@pytest.fixture
+def database() -> str:
+    why = _db_answers()
+    if why:
+        pytest.skip(why)
+    return DB_URL
+
+
+@pytest.mark.db
+@pytest.mark.slow
+def test_a_two_job_pruned_sweep_on_postgresql(tmp_path: Path, mnist_dir: Path, database: str):
+    study_name = f"test-{uuid.uuid4().hex[:8]}"
+    sweep = tmp_path / "sweep"
+    multirun(
+        "hparams_search=optuna", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2",
+        "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={database}", f"hydra.sweeper.study_name={study_name}",
+        "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:1}", *TINY,
+        "trainer.max_epochs=2", sweep=sweep, data_dir=mnist_dir,
+    )  # fmt: skip
+    study = optuna.load_study(study_name=study_name, storage=open_storage(database))
+    assert len(study.trials) == 2
+    assert {t.state for t in study.trials} <= {
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.PRUNED,
+    }
+    assert all(t.intermediate_values for t in study.trials)  # each job reported to the server itself
+    assert [row["state"] for row in _sweep_trials(sweep)] == [t.state.name for t in study.trials]
+    record = (sweep / "study.yaml").read_text()
+    assert database in record and "password" not in record.lower()
+
+
+@pytest.mark.db
+@pytest.mark.slow
+def test_a_wrong_database_password_is_one_sentence_and_never_shown(
+    tmp_path: Path, mnist_dir: Path, database: str
+):
+    empty = tmp_path / "pgpass"
+    empty.write_text("")
+    empty.chmod(0o600)
+    process = run(
+        "stn.train", "hparams_search=optuna", f"hydra.sweeper.storage={database}", *TINY,
+        f"hydra.sweep.dir={tmp_path / 'sweep'}", data_dir=mnist_dir, check=False,
+        env={"PGPASSFILE": str(empty), "PGPASSWORD": "not-the-password"},
+    )  # fmt: skip
+    assert process.returncode == 1
+    assert (
+        "the Optuna storage hydra.sweeper.storage=" in process.stderr and "cannot be opened" in process.stderr
+    )
+    assert "password authentication failed" in process.stderr
+    assert "not-the-password" not in process.stderr + process.stdout and "Traceback" not in process.stderr
+
+
+@pytest.mark.slow
+def test_a_storage_that_cannot_be_reached_stops_the_sweep_before_any_job(tmp_path: Path, mnist_dir: Path):
+    sweep = tmp_path / "sweep"
+    process = run(
+        "stn.train", "hparams_search=optuna", "hydra.sweeper.storage=postgresql://stn@127.0.0.1:9/stn", *TINY,
+        f"hydra.sweep.dir={sweep}", data_dir=mnist_dir, check=False,
+    )  # fmt: skip
+    assert process.returncode == 1 and "Traceback" not in process.stderr
+    assert "hydra.sweeper.storage=postgresql://stn@127.0.0.1:9/stn cannot be opened" in process.stderr
+    assert not sweep.exists() or not jobs_of(sweep)
+    refused = run(
+        "stn.train", "hparams_search=optuna", "hydra.sweeper.storage=postgresql://stn:pw@127.0.0.1/stn",
+        *TINY,
+        f"hydra.sweep.dir={sweep}", data_dir=mnist_dir, check=False,
+    )  # fmt: skip
+    assert "carries a password" in refused.stderr and "pw@" not in refused.stderr
