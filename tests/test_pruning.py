@@ -231,7 +231,8 @@ def test_a_two_job_pruned_sweep_on_postgresql(tmp_path: Path, mnist_dir: Path, d
     sweep = tmp_path / "sweep"
     multirun(
         "hparams_search=optuna", "hydra/launcher=joblib", "hydra.sweeper.n_jobs=2",
-        "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={database}", f"hydra.sweeper.study_name={study_name}",
+        "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={database}",
+        f"hydra.sweeper.study_name={study_name}",
         "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner,n_startup_trials:1}", *TINY,
         "trainer.max_epochs=2", sweep=sweep, data_dir=mnist_dir,
     )  # fmt: skip
