@@ -11,7 +11,7 @@ Parts, each a subprocess whose output goes to <out>/<part>.log (so a part that f
 does not lose the others):
 
   throughput   tutorial pipeline vs the project's default path at batch 64, and the graphed step
-               (model.cuda_graph, with data.batches_per_call=16) (benchmarks.throughput)
+               (training_step=graphed, with data.batches_per_call=16) (benchmarks.throughput)
   default      `python -m stn.train model=stn trainer.max_epochs=20`: wall, fit, test accuracy;
                then the same with the graphed step
   fast         `python -m stn.train experiment=fast`: wall, fit, test accuracy; then graphed
@@ -45,7 +45,7 @@ TRAIN_IMAGES = 55_000
 PARTS = ("throughput", "default", "fast", "startup", "scaling", "sweep", "tests")
 
 
-GRAPHED = ["model.cuda_graph=true", "data.batches_per_call=16"]
+GRAPHED = ["training_step=graphed", "data.batches_per_call=16"]
 DEADLINE = [float("inf")]  # time.perf_counter() by which the session must end (--budget)
 
 

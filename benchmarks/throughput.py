@@ -54,8 +54,8 @@ OPTION_OVERRIDES = {
     "dataloader": ["data.fast_path=false"],
     "compile": ["model.compile=true"],
     "compile-cuda-graphs": ["model.compile=true", "model.compile_mode=reduce-overhead"],
-    "cuda-graph": ["model.cuda_graph=true"],
-    "cuda-graph-x16": ["model.cuda_graph=true", "data.batches_per_call=16"],
+    "cuda-graph": ["training_step=graphed"],
+    "cuda-graph-x16": ["training_step=graphed", "data.batches_per_call=16"],
     "bf16": ["trainer.precision=bf16-mixed"],
 }
 

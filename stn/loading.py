@@ -86,6 +86,9 @@ def run_config(checkpoint: Path) -> DictConfig | None:
     return None
 
 
+GRAPHED_MODULE_NAME = "GraphedSTNLitModule"
+
+
 def _built(model_config: DictConfig, data_config: DictConfig, source: Path) -> L.LightningModule:
     """The LightningModule of `model_config` (read from `source`), its interpolations (the data's
     canvas, mean and std) resolved against `data_config`, built only from the project's classes."""
@@ -97,7 +100,9 @@ def _built(model_config: DictConfig, data_config: DictConfig, source: Path) -> L
         raise ConfigError(f"{source} cannot be resolved ({first})") from None
     check_targets(cfg, source)
     cfg.model.compile = False  # speed options of the training machine, not of this one
-    cfg.model.cuda_graph = False
+    if str(cfg.model.get("_target_", "")).endswith(GRAPHED_MODULE_NAME):  # training_step=graphed
+        cfg.model._target_ = "stn.models.lit_module.STNLitModule"  # the same network; it predicts as one
+    cfg.model.pop("cuda_graph", None)  # the graphed step's switch, in configs written before it was a class
     return build_model(cfg)
 
 

@@ -44,7 +44,7 @@ def test_graph_replays_give_the_eager_gradients():
 def test_graphed_run_trains_on_the_gpu(tmp_path: Path, mnist_dir: Path):
     run_dir = tmp_path / "run"
     run(
-        "stn.train", *ON_GPU, "model.cuda_graph=true", "data.batches_per_call=8", "data.train_subset=2000",
+        "stn.train", *ON_GPU, "training_step=graphed", "data.batches_per_call=8", "data.train_subset=2000",
         "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", data_dir=mnist_dir,
     )  # fmt: skip
     assert json.loads((run_dir / "metrics.json").read_text())["test/acc"] > 0.5

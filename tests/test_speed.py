@@ -166,7 +166,7 @@ def test_compiled_run_trains_and_its_checkpoint_loads_without_compile(
     )
 
 
-# -- the graphed training step (model.cuda_graph): on a CPU the same padded arithmetic, eagerly --
+# -- the graphed training step (training_step=graphed): on a CPU the same padded arithmetic, eagerly --
 
 
 class LearningRateAtValidation(L.Callback):
@@ -200,7 +200,7 @@ def _fit(
     trainer = instantiate(
         cfg.trainer, callbacks=[rates, checkpoint, stop], logger=False, enable_progress_bar=False
     )
-    model = build_model(cfg)  # model.cuda_graph=true: the graphed step's subclass
+    model = build_model(cfg)  # training_step=graphed: the graphed step's subclass
     trainer.fit(model, datamodule=instantiate(cfg.data), ckpt_path=ckpt_path)
     return model, trainer, rates.rates
 
@@ -211,7 +211,7 @@ def test_graphed_step_makes_the_same_updates_as_the_automatic_step(
 ):
     automatic, automatic_trainer, automatic_rates = _fit(tmp_path / "a", mnist_dir, *overrides)
     with pytest.warns(
-        UserWarning, match="model.cuda_graph=true replays CUDA graphs, which need a CUDA device"
+        UserWarning, match="training_step=graphed replays CUDA graphs, which need a CUDA device"
     ):
         # lists of 3 batches: 3, 3, 3 and 1 an epoch
         graphed, graphed_trainer, graphed_rates = _fit(
@@ -227,7 +227,7 @@ def test_graphed_step_makes_the_same_updates_as_the_automatic_step(
         )
 
 
-@pytest.mark.filterwarnings("ignore:model.cuda_graph=true replays CUDA graphs")
+@pytest.mark.filterwarnings("ignore:training_step=graphed replays CUDA graphs")
 def test_a_graphed_run_resumes_where_it_stopped(tmp_path: Path, mnist_dir: Path):
     graphed = (GRAPHED, "data.batches_per_call=4", "model/scheduler=onecycle")
     _, whole, whole_rates = _fit(tmp_path / "whole", mnist_dir, *graphed)
@@ -265,14 +265,14 @@ def test_a_partial_batch_padded_to_the_static_shape_has_the_unpadded_gradient():
     assert step.epoch_metrics() is None  # a fresh start for the next epoch
 
 
-GRAPHED = "model.cuda_graph=true"
+GRAPHED = "training_step=graphed"
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data.batches_per_call=4"], "data.batches_per_call=4 needs model.cuda_graph=true"),
-        ([GRAPHED, "model.compile=true"], "allowed false when model.compile=true"),
+        (["data.batches_per_call=4"], "data.batches_per_call=4 needs training_step=graphed"),
+        ([GRAPHED, "model.compile=true"], "allowed false with training_step=graphed"),
         (
             [GRAPHED, "trainer.gradient_clip_val=1.0"],
             "trainer.gradient_clip_val must be null with " + GRAPHED,

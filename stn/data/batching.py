@@ -118,7 +118,7 @@ class DeviceBatches:
 
     With `batches_per_call` K > 1 (training only), each item is a list of up to K consecutive
     batches, the same batches in the same order: a training step that takes several optimizer steps
-    per call (`model.cuda_graph`) then costs Lightning's per-batch work once per K batches.
+    per call (`training_step=graphed`) then costs Lightning's per-batch work once per K batches.
 
     Under DDP each of `world_size` ranks holds the whole dataset and takes its own share: in
     training every rank draws the same permutation and keeps every `world_size`-th image from its

@@ -1,11 +1,12 @@
-"""The LightningModule with the CUDA-graphed training step: `model.cuda_graph=true`.
+"""The LightningModule with the CUDA-graphed training step: `training_step=graphed`.
 
 Each training step's forward and backward are replayed as one CUDA graph (stn/models/graphed_step.py)
 and the optimizer is stepped here (manual optimization), so a training batch may also be a list
 of batches (`data.batches_per_call`): several optimizer steps per Lightning call, the same updates
 in the same order as `STNLitModule`'s automatic step (tests/test_speed.py checks it). On a CPU the
 same padded step runs eagerly, with one warning. What it is worth is measured in benchmarks/
-(docs/performance.md).
+(docs/performance.md). No GPU has run it here yet: tests/test_gpu.py checks its replays against
+eager gradients wherever one is found, and docs/performance.md says so beside its CPU figures.
 """
 
 from __future__ import annotations
@@ -23,15 +24,13 @@ from stn.models.lit_module import Batch, STNLitModule
 class GraphedSTNLitModule(STNLitModule):
     """`STNLitModule` whose training step is a graph replay and steps the optimizer itself."""
 
-    def __init__(self, *args, cuda_graph: bool = True, **kwargs) -> None:
-        super().__init__(*args, cuda_graph=cuda_graph, **kwargs)
+    def __init__(self, *args, compile: bool = False, **kwargs) -> None:
+        alone = Allowed(lambda v: not v, "false with training_step=graphed")
+        why = "the graphed step and torch.compile each capture the network: choose one"
+        check(self, alone.because(why), compile=compile)
+        super().__init__(*args, compile=compile, **kwargs)
         self.automatic_optimization = False  # the graphed step steps the optimizer itself
         self._static_step: StaticShapeStep | None = None  # built at the first training step
-
-    def _check_step(self, cuda_graph: bool, compile: bool) -> None:
-        alone = Allowed(lambda v: v and not compile, "false when model.compile=true")
-        why = "the graphed step and torch.compile each capture the network: choose one"
-        check(self, alone.because(why), cuda_graph=cuda_graph)
 
     def training_step(self, batch: Batch | list[Batch], batch_idx: int) -> torch.Tensor:
         """One optimizer step per batch, each batch's forward and backward a graph replay."""
@@ -39,7 +38,7 @@ class GraphedSTNLitModule(STNLitModule):
         if self._static_step is None:
             if self.device.type != "cuda":
                 warnings.warn(
-                    f"model.cuda_graph=true replays CUDA graphs, which need a CUDA device; the model runs "
+                    f"training_step=graphed replays CUDA graphs, which need a CUDA device; the model runs "
                     f"on {self.device.type}, so each step runs eagerly (the same arithmetic)",
                     stacklevel=2,
                 )

@@ -15,7 +15,7 @@ from torch import nn
 from torchmetrics import MaxMetric, MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from stn.errors import Allowed, TrainingDiverged, check, numbers, one_of
+from stn.errors import TrainingDiverged, check, numbers, one_of
 from stn.models.acceleration import (
     COMPILE_MODES,
     CUDA_GRAPH_MODES,
@@ -48,8 +48,7 @@ class STNLitModule(L.LightningModule):
     convolution kernels on a CPU) and `compile` (`torch.compile` of the network in place, in
     `configure_model`, so checkpoints keep their keys; a compiler that fails stops the run with one
     sentence). The CUDA-graphed training step is the subclass `GraphedSTNLitModule`
-    (stn/models/graphed_module.py), which `model.cuda_graph=true` selects
-    (`stn.utils.instantiators.build_model`); this class takes `cuda_graph=false` only.
+    (stn/models/graphed_module.py), which a config names (`training_step=graphed`).
     """
 
     def __init__(
@@ -64,7 +63,6 @@ class STNLitModule(L.LightningModule):
         channels_last: bool = True,
         compile: bool = False,
         compile_mode: str = "default",
-        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         check(self, one_of("epoch", "step"), scheduler_interval=scheduler_interval)
@@ -77,7 +75,6 @@ class STNLitModule(L.LightningModule):
         spatial_transformer = transformer(localization) if localization is not None else None
         self.net = STNClassifier(classifier, spatial_transformer)
         check(self, one_of(*COMPILE_MODES), compile_mode=compile_mode)
-        self._check_step(cuda_graph, compile)
         if channels_last:
             self.net.to(memory_format=torch.channels_last)
         self._compiled = False
@@ -95,12 +92,6 @@ class STNLitModule(L.LightningModule):
             MeanMetric(nan_strategy="disable") for _ in range(3)
         )
         self.val_acc_best = MaxMetric()
-
-    def _check_step(self, cuda_graph: bool, compile: bool) -> None:
-        automatic = Allowed(
-            lambda v: not v, "false", "model.cuda_graph=true builds GraphedSTNLitModule instead"
-        )
-        check(self, automatic, cuda_graph=cuda_graph)
 
     def configure_model(self) -> None:
         if self.hparams.compile and not self._compiled:

@@ -100,30 +100,30 @@ def check_precision(cfg: DictConfig) -> None:
 
 
 def check_graphed_step(cfg: DictConfig) -> None:
-    """The graphed training step (model.cuda_graph) steps the optimizer itself, once per batch of a
-    list (data.batches_per_call): what Lightning would otherwise do around the step is not there."""
-    graphed = bool(_select(cfg, "model.cuda_graph"))
+    """The graphed training step (training_step=graphed) steps the optimizer itself, once per batch
+    of a list (data.batches_per_call): what Lightning would otherwise do around the step is not there."""
+    graphed = str(_select(cfg, "model._target_") or "").endswith(".GraphedSTNLitModule")
     batches_per_call = _select(cfg, "data.batches_per_call")
     if is_int(batches_per_call) and batches_per_call > 1 and not graphed:
         raise ConfigError(
-            f"data.batches_per_call={batches_per_call} needs model.cuda_graph=true: the graphed step "
+            f"data.batches_per_call={batches_per_call} needs training_step=graphed: the graphed step "
             "takes one optimizer step per batch of the list; allowed 1 otherwise"
         )
     if not graphed:
         return
     if _select(cfg, "trainer.gradient_clip_val") is not None:
         raise ConfigError(
-            "trainer.gradient_clip_val must be null with model.cuda_graph=true (no clipping inside the graph)"
+            "trainer.gradient_clip_val must be null with training_step=graphed (no clipping inside the graph)"
         )
     _require(
-        cfg, "trainer.accumulate_grad_batches", Allowed(lambda v: v == 1, "1 with model.cuda_graph=true")
+        cfg, "trainer.accumulate_grad_batches", Allowed(lambda v: v == 1, "1 with training_step=graphed")
     )
-    full = Allowed(lambda v: str(v) in ("32", "32-true"), "32-true with model.cuda_graph=true")
+    full = Allowed(lambda v: str(v) in ("32", "32-true"), "32-true with training_step=graphed")
     _require(cfg, "trainer.precision", full)
     if "ddp" in str(_select(cfg, "trainer.strategy") or ""):
         raise ConfigError(
-            f"trainer.strategy={_select(cfg, 'trainer.strategy')} with model.cuda_graph=true: the graph "
-            "would replay without DDP's gradient all-reduce; use model.cuda_graph=false"
+            f"trainer.strategy={_select(cfg, 'trainer.strategy')} with training_step=graphed: the graph "
+            "would replay without DDP's gradient all-reduce; use training_step=automatic"
         )
 
 

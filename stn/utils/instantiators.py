@@ -27,16 +27,9 @@ def build(cfg: DictConfig, key: str, **kwargs: Any) -> Any:
         raise cause from None
 
 
-# the LightningModule with the CUDA-graphed training step, which `model.cuda_graph=true` selects
-GRAPHED_MODULE = "stn.models.graphed_module.GraphedSTNLitModule"
-
-
 def build_model(cfg: DictConfig) -> Any:
-    """The run's LightningModule (`build(cfg, "model")`); `model.cuda_graph=true` builds the
-    graphed step's subclass in place of the model config's own class, so that every model config
-    (stn, paper_stn, ...) has the option as one key instead of a second config."""
-    if OmegaConf.select(cfg, "model.cuda_graph", default=False):
-        return build(cfg, "model", _target_=GRAPHED_MODULE)
+    """The run's LightningModule: the class `model._target_` names (training_step=graphed names
+    the graphed step's subclass there)."""
     return build(cfg, "model")
 
 
