@@ -112,3 +112,15 @@ def test_a_fast_test_cannot_launch_a_python_process():
     with pytest.raises(AssertionError, match="mark it @pytest.mark.slow"):
         subprocess.run([sys.executable, "-c", "pass"], check=False)
     assert subprocess.run(["true"], check=False).returncode == 0  # other programs still run
+
+
+def test_help_names_the_command_it_is_for():
+    from .conftest import compose_config
+
+    for config, command in (
+        ("train.yaml", "stn.train"),
+        ("eval.yaml", "stn.eval"),
+        ("export.yaml", "stn.export"),
+    ):
+        cfg = compose_config(config)
+        assert cfg.hydra.help.app_name == f"python -m {command}"  # `--help`'s first line names it

@@ -28,16 +28,16 @@ PHOTOS = ZOO_DIR.parent / "docs" / "predict" / "photos"  # photo-like digits (do
 
 
 @pytest.fixture(scope="module")
-def test_digits(mnist_dir: Path) -> list[tuple[Image.Image, int]]:
+def mnist_test_digits(mnist_dir: Path) -> list[tuple[Image.Image, int]]:
     dataset = MNIST(mnist_dir, train=False, download=True)
     return [dataset[index] for index in range(20)]
 
 
 @pytest.mark.slow
-def test_predict_on_image_files_with_a_zoo_model(tmp_path: Path, mnist_dir: Path, test_digits):
+def test_predict_on_image_files_with_a_zoo_model(tmp_path: Path, mnist_dir: Path, mnist_test_digits):
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    for index, (image, label) in enumerate(test_digits):
+    for index, (image, label) in enumerate(mnist_test_digits):
         if index % 2:  # dark ink on light paper, a larger JPEG, as a scan would be
             paper = Image.eval(image, lambda value: 255 - value).resize((112, 112), Image.BICUBIC)
             paper.convert("RGB").save(inputs / f"digit{index:02d}_label{label}.jpg", quality=90)
@@ -74,9 +74,9 @@ def test_predict_on_image_files_with_a_zoo_model(tmp_path: Path, mnist_dir: Path
 
 @pytest.mark.slow
 def test_a_model_of_a_distorted_variant_predicts_on_its_own_canvas(
-    tmp_path: Path, mnist_dir: Path, test_digits
+    tmp_path: Path, mnist_dir: Path, mnist_test_digits
 ):
-    image, label = test_digits[0]
+    image, label = mnist_test_digits[0]
     image.save(tmp_path / "digit.png")
     run_dir = tmp_path / "run"
     run("stn.predict", "model_name=stn_tc", f"inputs={tmp_path / 'digit.png'}", f"hydra.run.dir={run_dir}",
@@ -139,13 +139,23 @@ def test_the_sampled_outline_of_the_identity_is_the_canvas(name: str):
         assert half.min() == pytest.approx(7.25, abs=1e-4) and half.max() == pytest.approx(20.75, abs=1e-4)
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
-@pytest.mark.parametrize("name", ["stn", "stn_proj", "stn_tps", "cnn"])
-def test_exported_models_agree_with_pytorch_on_real_digits(tmp_path: Path, test_digits, name: str, fmt: str):
+# ONNX export takes seconds a model: the fast lane exports each model to TorchScript and the affine
+# STN to ONNX; the other ONNX exports run in the whole suite
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [
+        *((name, "torchscript") for name in ("stn", "stn_proj", "stn_tps", "cnn")),
+        ("stn", "onnx"),
+        *(pytest.param(name, "onnx", marks=pytest.mark.slow) for name in ("stn_proj", "stn_tps", "cnn")),
+    ],
+)
+def test_exported_models_agree_with_pytorch_on_real_digits(
+    tmp_path: Path, mnist_test_digits, name: str, fmt: str
+):
     model = _model(name)
     wrapper = PixelsToPrediction(model.network, model.mean, model.std, model.canvas)
     pixels = torch.stack(
-        [torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None] for image, _ in test_digits]
+        [torch.from_numpy(np.asarray(image, dtype=np.float32) / 255)[None] for image, _ in mnist_test_digits]
     )
     path = tmp_path / f"model.{'onnx' if fmt == 'onnx' else 'pt'}"
     names = ["logits"] if model.network.transformer is None else ["logits", "theta"]
@@ -221,7 +231,10 @@ def test_eval_scores_a_zoo_model_on_its_own_data(tmp_path: Path, mnist_dir: Path
     )  # fmt: skip
 
 
-def test_a_raw_pixel_onnx_file_reads_a_png_as_pil_gives_it(tmp_path: Path, mnist_dir: Path, test_digits):
+@pytest.mark.slow  # an ONNX export and 100 sessions: seconds
+def test_a_raw_pixel_onnx_file_reads_a_png_as_pil_gives_it(
+    tmp_path: Path, mnist_dir: Path, mnist_test_digits
+):
     """input=uint8: the 8-bit values of a PNG, read with PIL, go straight in; no normalising by hand."""
     import onnxruntime
 
@@ -229,6 +242,7 @@ def test_a_raw_pixel_onnx_file_reads_a_png_as_pil_gives_it(tmp_path: Path, mnist
 
     cfg = compose_config("export.yaml", ["model_name=stn_mnist", "input=uint8", "check_images=16"])
     cfg.output_file, cfg.data_dir = str(tmp_path / "raw.onnx"), str(mnist_dir)
+    cfg.paths.output_dir = str(tmp_path / "run")  # the export's run folder: its report
     report = export(cfg)
     assert (
         report["inputs"].startswith("pixels (N, 1, S, S) uint8 0..255")
@@ -236,7 +250,7 @@ def test_a_raw_pixel_onnx_file_reads_a_png_as_pil_gives_it(tmp_path: Path, mnist
     )
     session = onnxruntime.InferenceSession(str(tmp_path / "raw.onnx"), providers=["CPUExecutionProvider"])
     correct = 0
-    for index, (image, label) in enumerate(test_digits):
+    for index, (image, label) in enumerate(mnist_test_digits):
         image.save(tmp_path / f"{index}.png")
         pixels = np.asarray(Image.open(tmp_path / f"{index}.png"))[None, None]  # (1, 1, 28, 28) uint8
         assert pixels.dtype == np.uint8

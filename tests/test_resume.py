@@ -78,6 +78,9 @@ def test_a_run_killed_mid_epoch_resumes_and_loses_nothing(tmp_path: Path, mnist_
     resumed = subprocess.run([*command, "ckpt_path=last"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"the run goes on in {run_dir}" in resumed.stderr + resumed.stdout
+    log = (run_dir / "train.log").read_text()  # the run's own log says it resumed, and from which epoch
+    epoch = killed_at["epoch"]
+    assert f"written after epoch {epoch}: training goes on with epoch {epoch + 1}" in log
     assert list(outputs.glob("train/runs/*")) == [run_dir]  # one run, one folder: no folder per start
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     # three epochs in all, as the uninterrupted run: none lost, none repeated (the checkpoint is

@@ -280,7 +280,7 @@ def _export_cfg(tmp_path: Path, mnist_dir: Path, *overrides: str):
     ("output", "message"),
     [
         ("m.json", "allowed a file name ending in .onnx"),
-        ("x.onnx", "x.json already exists"),  # an unrelated report-named file beside it
+        ("x.onnx", "x.onnx already exists"),  # the user's own file of that name
         ("blocker/m.onnx", "blocker is a file, not a folder"),
         ("folder.onnx", "is a folder"),
     ],
@@ -288,7 +288,7 @@ def _export_cfg(tmp_path: Path, mnist_dir: Path, *overrides: str):
 def test_export_never_replaces_a_file_it_was_not_asked_to(
     output: str, message: str, tmp_path: Path, mnist_dir
 ):
-    (tmp_path / "x.json").write_text("the user's")
+    (tmp_path / "x.onnx").write_text("the user's")
     (tmp_path / "blocker").write_text("a file")
     (tmp_path / "folder.onnx").mkdir()
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
@@ -306,8 +306,9 @@ def test_export_replaces_only_with_overwrite(tmp_path: Path, mnist_dir: Path):
         _export_cfg(tmp_path, mnist_dir, f"output_file={out}", "format=torchscript", "overwrite=true")
     )
     assert report["largest_difference"] < 1e-4
-    # no partial file left; the canvas preparation beside the model
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.pt", "prepare_canvas.py"]
+    # no partial file left; the report and the canvas preparation in the export's run folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "run"]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["m.json", "prepare_canvas.py"]
 
 
 def _digit_png(path: Path, digit_image: Image.Image) -> None:
@@ -430,11 +431,15 @@ def test_the_same_command_in_a_finished_runs_folder_has_nothing_to_do(
     assert {p.name: p.stat().st_mtime_ns for p in (again / "checkpoints").iterdir()} == before
 
 
-def test_a_relative_export_file_goes_into_the_exports_run_folder(
-    tmp_path: Path, mnist_dir: Path, monkeypatch
-):
-    monkeypatch.chdir(tmp_path)  # where the command was started: nothing may land here
+def test_a_relative_export_file_goes_where_the_user_names_it(tmp_path: Path, mnist_dir: Path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where the command was started
     cfg = _export_cfg(tmp_path / "run", mnist_dir, "output_file=stn.pt", "format=torchscript")
     export(cfg)
-    assert (Path(cfg.paths.output_dir) / "stn.pt").is_file() and not (tmp_path / "stn.pt").exists()
-    assert (Path(cfg.paths.output_dir) / "prepare_canvas.py").is_file()  # the canvas preparation beside it
+    run_dir = Path(cfg.paths.output_dir)
+    assert (tmp_path / "stn.pt").is_file() and not (run_dir / "stn.pt").exists()  # ./stn.pt, as asked
+    assert (run_dir / "stn.json").is_file() and (
+        run_dir / "prepare_canvas.py"
+    ).is_file()  # the run's own files
+    assert not (tmp_path / "stn.json").exists() and not (tmp_path / "prepare_canvas.py").exists()
+    with pytest.raises(ConfigError, match="stn.pt already exists"):  # never replaced unasked
+        export(_export_cfg(tmp_path / "again", mnist_dir, "output_file=stn.pt", "format=torchscript"))

@@ -117,15 +117,13 @@ def largest_difference(wrapper: PixelsToPrediction, path: Path, pixels: torch.Te
     return max(float((got - want).abs().max()) for got, want in zip(exported, expected, strict=True))
 
 
-def check_output(path: Path, fmt: str, overwrite: bool) -> Path:
-    """Where the report goes (`<file>.json`, beside the model), after checking, before anything is
-    written, that the model file can be written there and that no existing file is replaced
-    unless `overwrite=true` says so."""
+def check_output(path: Path, report: Path, fmt: str, overwrite: bool) -> None:
+    """Before anything is written: the model file can be written at `path`, and no existing file
+    (the model or its `report`) is replaced unless `overwrite=true` says so."""
     ending = Allowed(
         lambda p: p.suffix == FORMATS[fmt], f"a file name ending in {FORMATS[fmt]}", f"format={fmt}"
     )
     check_value("output_file", path, ending)
-    report = path.with_suffix(".json")
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"output_file={path} cannot be written: {parent} is a file, not a folder")
@@ -141,11 +139,10 @@ def check_output(path: Path, fmt: str, overwrite: bool) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise ConfigError(f"output_file={path} cannot be written ({error.strerror or error})") from None
-    return report
 
 
 def copy_canvas_preparation(folder: Path, overwrite: bool) -> Path:
-    """stn/data/prepare_canvas.py (NumPy and PIL only) beside the exported file, so a deployment
+    """stn/data/prepare_canvas.py (NumPy and PIL only) into the export's run folder, so a deployment
     prepares its images as stn.predict does without this project; a different file of that name
     is kept unless `overwrite`."""
     source = Path(prepare_canvas.__file__)
@@ -174,12 +171,13 @@ def export(cfg: DictConfig) -> dict[str, object]:
             ) from None
     model = trained_model(cfg)
     stem = Path(str(cfg.model_name or cfg.ckpt_path)).stem
-    # a relative output_file goes into this export's run folder, beside its log, not into the
-    # folder the command was started from; an absolute one where it says
-    path = Path(str(cfg.output_file or f"{stem}{FORMATS[fmt]}"))
-    if not path.is_absolute():
-        path = Path(cfg.paths.output_dir) / path
-    report_path = check_output(path, fmt, bool(cfg.get("overwrite", False)))
+    # the file goes where the user names it (relative: to the folder the command runs in); unnamed,
+    # into this export's run folder. Its report and prepare_canvas.py stay in the run folder.
+    run_dir = Path(cfg.paths.output_dir)
+    path = Path(str(cfg.output_file)) if cfg.output_file else run_dir / f"{stem}{FORMATS[fmt]}"
+    path = path if path.is_absolute() else Path.cwd() / path
+    report_path = run_dir / f"{path.stem}.json"
+    check_output(path, report_path, fmt, bool(cfg.get("overwrite", False)))
     raw = str(cfg.get("input", "float")) == "uint8"
     wrapper = PixelsToPrediction(model.network, model.mean, model.std, model.canvas, raw=raw)
     example = torch.rand(2, 1, model.canvas, model.canvas)
@@ -199,7 +197,8 @@ def export(cfg: DictConfig) -> dict[str, object]:
         "model": model.name, "file": str(path), "format": fmt, "inputs": INPUTS["uint8" if raw else "float"],
         "canvas": model.canvas, "outputs": names, "bytes": path.stat().st_size,
     }  # fmt: skip
-    report["prepare"] = str(copy_canvas_preparation(path.parent, bool(cfg.get("overwrite", False))))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    report["prepare"] = str(copy_canvas_preparation(run_dir, bool(cfg.get("overwrite", False))))
     if check_images:
         pixels = test_pixels(model, str(cfg.data_dir), check_images)
         if raw:
@@ -208,4 +207,5 @@ def export(cfg: DictConfig) -> dict[str, object]:
         report["largest_difference"] = largest_difference(wrapper, path, pixels)
     write_atomically(report_path, json.dumps(report, indent=2))
     log.info("Exported %s to %s\n%s", model.name, path, json.dumps(report, indent=2))
+    log.info("The model: %s; its report and prepare_canvas.py: %s", path, run_dir)
     return report

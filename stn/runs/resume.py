@@ -142,9 +142,9 @@ def _check_same_run(folder: Path, cfg: DictConfig, restore: bool) -> None:
         )
 
 
-def _check_readable(checkpoint: Path) -> None:
+def _check_readable(checkpoint: Path) -> dict:
     try:
-        read_checkpoint(checkpoint)
+        return read_checkpoint(checkpoint)
     except UserError as error:
         earlier = sorted(checkpoint.parent.glob("epoch_*.ckpt"))
         way_on = f"ckpt_path={earlier[-1]} (the best epoch)" if earlier else "a new run folder"
@@ -206,5 +206,13 @@ def apply_resume_point(cfg: DictConfig, overrides: list[str]) -> str | None:
         cfg.paths.output_dir = str(folder)
         _move_log(output_dir, folder)
     _check_same_run(folder, cfg, restore=folder == output_dir)
-    _check_readable(Path(checkpoint))
+    state = _check_readable(Path(checkpoint))
+    epoch = state.get("epoch")
+    if isinstance(epoch, int):  # the checkpoint of an epoch's end: the run goes on with the next one
+        log.info(
+            "Resumed from %s, written after epoch %d: training goes on with epoch %d",
+            checkpoint,
+            epoch,
+            epoch + 1,
+        )
     return checkpoint
