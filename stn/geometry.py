@@ -57,11 +57,13 @@ def invert_affine(theta: torch.Tensor) -> torch.Tensor:
     return torch.cat([linear_inverse, offset], dim=2)
 
 
-def to_pixels(points: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Normalised (x, y) (-1 and 1 the image's outer edges, align_corners=False) to pixel
-    coordinates: (0, 0) the top-left corner of the top-left pixel, (W, H) the bottom-right corner."""
-    scale = points.new_tensor([width / 2, height / 2])
-    return (points + 1) * scale
+def to_pixels(points: torch.Tensor, height: int, width: int, align_corners: bool = False) -> torch.Tensor:
+    """Normalised (x, y) to pixel coordinates: (0, 0) the top-left corner of the top-left pixel,
+    (W, H) the bottom-right corner. -1 and 1 are the image's outer edges (align_corners=False) or
+    its corner pixels' centres (align_corners=True), as in `grid_sample`."""
+    if align_corners:
+        return (points + 1) * points.new_tensor([(width - 1) / 2, (height - 1) / 2]) + 0.5
+    return (points + 1) * points.new_tensor([width / 2, height / 2])
 
 
 def canvas_corners(device: torch.device | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:

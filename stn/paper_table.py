@@ -19,7 +19,6 @@ the table can be written again without the run folders:
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import statistics
 import sys
@@ -27,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torchvision.utils import make_grid, save_image
 
@@ -35,7 +33,8 @@ from stn.errors import UserError
 from stn.loading import checkpoint_model
 from stn.pictures import at_input_size, labelled_rows
 from stn.runs.reading import run_folders
-from stn.utils.files import csv_text, write_atomically
+from stn.utils.files import csv_text, read_csv, write_atomically
+from stn.utils.instantiators import build
 
 PAPER_COLUMNS = {  # the data= choice -> its column in the paper's table
     "mnist_rot": "R",
@@ -97,8 +96,7 @@ RUNS_HEADER = ["variant", "model", "seed", "test_error_percent", "schedule"]
 
 def runs_from_csv(path: Path) -> list[Run]:
     """The runs a `paper_runs.csv` recorded."""
-    with path.open(newline="") as file:
-        rows = list(csv.DictReader(file))
+    rows = read_csv(path)
     return [
         Run(path, row["variant"], row["model"], int(row["seed"]) if row["seed"] else None,
             float(row["test_error_percent"]), "", None, row["schedule"])
@@ -254,7 +252,7 @@ def write_images(runs: list[Run], out: Path, count: int = 12) -> list[Path]:
         if not transformers:
             continue
         cfg = chosen[transformers[0]].config
-        datamodule = instantiate(cfg.data, test_subset=count)
+        datamodule = build(cfg, "data", test_subset=count)
         datamodule.prepare_data()
         datamodule.setup("test")
         images, _ = datamodule.test_set.batch(slice(None))

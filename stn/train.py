@@ -94,17 +94,11 @@ def _fit_and_test(cfg: DictConfig, ckpt_path: str | None, hydra_cfg: DictConfig 
     from stn.loggers import logged_metrics
     from stn.models import parameter_counts
     from stn.utils.config_tree import show_config
-    from stn.utils.files import write_atomically
     from stn.utils.instantiators import build, build_model, instantiate_group
 
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
-
-    choices = dict(hydra_cfg.runtime.choices) if hydra_cfg else {}
-    shown = ", ".join(
-        f"{group}={choices[group]}" for group in ("data", "model", "experiment") if choices.get(group)
-    )
-    log.info("Run folder: %s%s", cfg.paths.output_dir, f" ({shown})" if shown else "")
+    log.info("Run folder: %s%s", cfg.paths.output_dir, _choices_shown(hydra_cfg))
     show_config(
         cfg, Path(cfg.paths.output_dir) / "config_tree.log", print_it=bool(cfg.get("print_config", True))
     )
@@ -126,40 +120,57 @@ def _fit_and_test(cfg: DictConfig, ckpt_path: str | None, hydra_cfg: DictConfig 
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         metrics["time/fit_seconds"] = fit_seconds(trainer, time.perf_counter() - start)
         metrics.update(logged_metrics(trainer))
-
-    pruned = pruning is not None and pruning.pruned_at is not None
-    if pruned:
+    if pruning is not None and pruning.pruned_at is not None:
         epoch, value = pruning.pruned_at
         metrics["pruned"] = {"epoch": epoch, cfg.optimized_metric: value}
         log.info(
             "Pruned by the study '%s' after epoch %d: %s %.4f; not tested, its checkpoints are in %s",
             hydra_cfg.sweeper.study_name, epoch, cfg.optimized_metric, value, cfg.paths.output_dir,
         )  # fmt: skip
-    if cfg.get("test", True) and not pruned:
-        checkpoint = trainer.checkpoint_callback
-        best = checkpoint.best_model_path if checkpoint is not None else ""
-        if not best:  # expected under fast_dev_run (it writes no checkpoint); a surprise otherwise
-            level = logging.INFO if trainer.fast_dev_run else logging.WARNING
-            log.log(
-                level, "No best checkpoint (fast_dev_run or no ModelCheckpoint): testing the current weights"
-            )
-        with stopped_runs_reported(trainer, cfg, testing=True):
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update(logged_metrics(trainer))
-        metrics["best_model_path"] = best
-
+    elif cfg.get("test", True):
+        metrics.update(_test_best(trainer, model, datamodule, cfg))
     if trainer.is_global_zero:  # DDP: the other ranks hold the same synced metrics
-        output_dir = Path(cfg.paths.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
-        log.info("Final metrics:\n%s", json.dumps(metrics, indent=2, sort_keys=True))
-        finished = ", ".join(
-            f"{key} {metrics[key]:.4f}" for key in ("val/acc_best", "test/acc") if key in metrics
-        )
-        if not pruned:
-            shown = finished or "no metrics"
-            log.info("Finished: %s; metrics.json and the checkpoints are in %s", shown, output_dir)
+        _write_metrics(metrics, Path(cfg.paths.output_dir))
     return metrics
+
+
+def _choices_shown(hydra_cfg: DictConfig | None) -> str:
+    """` (data=..., model=..., ...)`: the run's group choices that say what it is."""
+    choices = dict(hydra_cfg.runtime.choices) if hydra_cfg else {}
+    shown = ", ".join(
+        f"{group}={choices[group]}"
+        for group in ("data", "model", "data_model", "training_step", "experiment")
+        if choices.get(group) and choices[group] != "automatic"
+    )
+    return f" ({shown})" if shown else ""
+
+
+def _test_best(trainer: L.Trainer, model: Any, datamodule: Any, cfg: DictConfig) -> dict[str, Any]:
+    """Test the best checkpoint (the current weights where there is none); its metrics and path."""
+    from stn.loggers import logged_metrics
+
+    checkpoint = trainer.checkpoint_callback
+    best = checkpoint.best_model_path if checkpoint is not None else ""
+    if not best:  # expected under fast_dev_run (it writes no checkpoint); a surprise otherwise
+        level = logging.INFO if trainer.fast_dev_run else logging.WARNING
+        log.log(level, "No best checkpoint (fast_dev_run or no ModelCheckpoint): testing the current weights")
+    with stopped_runs_reported(trainer, cfg, testing=True):
+        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+    return {**logged_metrics(trainer), "best_model_path": best}
+
+
+def _write_metrics(metrics: dict[str, Any], output_dir: Path) -> None:
+    """metrics.json (written whole), the final metrics in the log, and the run's last line."""
+    from stn.utils.files import write_atomically
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_atomically(output_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True))
+    log.info("Final metrics:\n%s", json.dumps(metrics, indent=2, sort_keys=True))
+    if "pruned" not in metrics:
+        finished = ", ".join(f"{k} {metrics[k]:.4f}" for k in ("val/acc_best", "test/acc") if k in metrics)
+        log.info(
+            "Finished: %s; metrics.json and the checkpoints are in %s", finished or "no metrics", output_dir
+        )
 
 
 def study_pruning(cfg: DictConfig, hydra_cfg: DictConfig | None) -> L.Callback | None:

@@ -9,7 +9,7 @@ from omegaconf import DictConfig
 
 from stn.errors import ConfigError
 from stn.utils.checks import check_config
-from stn.utils.instantiators import instantiate_group
+from stn.utils.instantiators import build_model, instantiate_group
 
 from .conftest import CONF_DIR, check_and_build, compose_config, small_run
 
@@ -106,6 +106,11 @@ def test_bad_values_are_rejected_with_the_key_and_range(override: str, message: 
 def test_deeper_localization_fits_a_larger_input():
     cfg = compose_config("train.yaml", ["data=mnist_cluttered", "model.localization.depth=4"])
     check_and_build(cfg)
+    model = build_model(cfg)
+    theta = model.net.transformer.localization(torch.zeros(2, 1, 60, 60))  # TC's 60x60 canvas
+    assert theta.shape[0] == 2  # four conv blocks still leave a feature map on the larger canvas
+    with pytest.raises(ConfigError, match="model.localization.depth=4 is out of range"):
+        check_and_build(compose_config("train.yaml", ["model.localization.depth=4"]))  # 28x28: too small
 
 
 def fit_briefly(cfg: DictConfig, **trainer_options) -> Trainer:

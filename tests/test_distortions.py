@@ -193,7 +193,11 @@ def distorted(mnist_dir: Path, variant: str, **overrides) -> DistortedMNISTDataM
     return datamodule
 
 
-@pytest.mark.parametrize("variant", ["rot", "rts", "proj", "elastic", "cluttered"])
+# each variant distorts its fixed sets (seconds): RTS in the fast lane, the others in the whole suite
+@pytest.mark.parametrize(
+    "variant",
+    ["rts", *(pytest.param(v, marks=pytest.mark.slow) for v in ("rot", "proj", "elastic", "cluttered"))],
+)
 def test_distorted_datamodule_fixes_its_test_set_and_redraws_training_batches(variant: str, mnist_dir: Path):
     first, again = distorted(mnist_dir, variant), distorted(mnist_dir, variant)
     size = first.distortion.canvas_size

@@ -3,6 +3,7 @@ nothing that was written before is lost or overwritten. Small subsets of real MN
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import subprocess
@@ -114,10 +115,18 @@ def test_a_folder_resumes_only_its_own_run(
 
 
 @pytest.mark.slow
-def test_the_same_command_resumes_its_interrupted_run(interrupted_run: Path, mnist_dir: Path):
+def test_the_same_command_resumes_its_interrupted_run(
+    interrupted_run: Path, finished_run: Path, mnist_dir: Path
+):
     train("trainer.max_epochs=2", run_dir=interrupted_run, data_dir=mnist_dir, check=False)  # another run
     train(run_dir=interrupted_run, data_dir=mnist_dir)  # the same run: it finishes
-    assert json.loads((interrupted_run / "metrics.json").read_text())["test/acc"] > 0
+    resumed = json.loads((interrupted_run / "metrics.json").read_text())
+    # it went on from its checkpoint, not from scratch: the same best weights give the same test
+    finished = json.loads((finished_run / "metrics.json").read_text())
+    assert resumed["test/acc"] == pytest.approx(finished["test/acc"], abs=1e-6)
+    rows = list(csv.DictReader((interrupted_run / "csv" / "metrics.csv").open()))
+    validated = [int(float(row["epoch"])) for row in rows if row.get("val/acc")]
+    assert validated == [0]  # each epoch once: no epoch trained again
 
 
 @pytest.mark.slow

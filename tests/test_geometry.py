@@ -32,28 +32,34 @@ from stn.models import (
 @pytest.mark.filterwarnings("ignore:Since version 1.3.0, affine_grid behavior has changed")
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("size", [(1, 1), (5, 7), (28, 28), (42, 30)])
-def test_affine_grid_is_pytorchs_over_random_theta(size: tuple[int, int], align_corners: bool):
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_affine_grid_is_pytorchs_over_random_theta(
+    size: tuple[int, int], align_corners: bool, dtype: torch.dtype, tolerance: float
+):
     generator = torch.Generator().manual_seed(hash(size) % 1000 + align_corners)
-    theta = torch.randn(6, 2, 3, generator=generator)  # (N, 2, 3): far from the identity too
+    theta = torch.randn(6, 2, 3, generator=generator, dtype=dtype)  # (N, 2, 3): far from the identity too
     height, width = size
     ours = affine_grid(theta, height, width, align_corners)
     reference = F.affine_grid(theta, (6, 1, height, width), align_corners=align_corners)
-    assert ours.shape == reference.shape == (6, height, width, 2)
-    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    assert ours.shape == reference.shape == (6, height, width, 2) and ours.dtype == dtype
+    torch.testing.assert_close(ours, reference, atol=tolerance, rtol=tolerance)
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
-def test_the_affine_transformer_samples_as_pytorch_does(align_corners: bool):
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float32, 1e-5), (torch.float64, 1e-12)])
+def test_the_affine_transformer_samples_as_pytorch_does(
+    align_corners: bool, dtype: torch.dtype, tolerance: float
+):
     generator = torch.Generator().manual_seed(3)
-    images = torch.rand(4, 1, 12, 12, generator=generator)
-    theta = torch.eye(2, 3) + 0.2 * torch.randn(4, 2, 3, generator=generator)
+    images = torch.rand(4, 1, 12, 12, generator=generator, dtype=dtype)
+    theta = torch.eye(2, 3, dtype=dtype) + 0.2 * torch.randn(4, 2, 3, generator=generator, dtype=dtype)
     transformer = SpatialTransformer(
         LocalizationNet(), align_corners=align_corners, pad_with_background=False
-    )
+    ).to(dtype)
     reference = F.grid_sample(
         images, F.affine_grid(theta, images.shape, align_corners=align_corners), align_corners=align_corners
     )
-    torch.testing.assert_close(transformer.warp(images, theta), reference, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(transformer.warp(images, theta), reference, atol=tolerance, rtol=tolerance)
 
 
 def _warped(grid_of):
@@ -134,3 +140,35 @@ def test_a_round_trip_through_the_inverse_returns_the_points():
         map_points(invert_affine(invert_affine(theta)), points), map_points(theta, points)
     )
     assert canvas_corners().shape == (4, 2)
+
+
+def test_each_transformer_says_which_region_it_sampled():
+    generator = torch.Generator().manual_seed(5)
+    theta = torch.eye(2, 3) + 0.1 * torch.randn(2, 2, 3, generator=generator)  # (N, 2, 3)
+    affine = SpatialTransformer(LocalizationNet())
+    torch.testing.assert_close(
+        to_pixels(affine.region_corners(theta, (28, 28)), 28, 28), sampled_region(theta, 28, 28)
+    )
+    projective = ProjectiveTransformer(LocalizationNet())
+    identity = projective.to_theta(projective.identity()[None])  # (1, 3, 3)
+    torch.testing.assert_close(projective.region_corners(identity, (28, 28))[0], canvas_corners())
+    shifted = identity.clone()
+    shifted[:, 0, 2] = 0.5  # half a canvas to the right
+    torch.testing.assert_close(
+        projective.region_corners(shifted, (28, 28))[0], canvas_corners() + torch.tensor([0.5, 0])
+    )
+    spline = ThinPlateSplineTransformer(LocalizationNet())
+    corners = spline.region_corners(spline.to_theta(spline.identity()[None]), (4, 4))[
+        0
+    ]  # the corner pixels' centres
+    torch.testing.assert_close(corners, 0.75 * canvas_corners(), atol=1e-5, rtol=1e-5)
+
+
+def test_pixels_from_normalised_points_for_both_conventions():
+    corners = canvas_corners()
+    torch.testing.assert_close(
+        to_pixels(corners, 10, 20), torch.tensor([[0.0, 0], [20, 0], [20, 10], [0, 10]])
+    )
+    # align_corners=True: -1 and 1 are the corner pixels' centres
+    expected = torch.tensor([[0.5, 0.5], [19.5, 0.5], [19.5, 9.5], [0.5, 9.5]])
+    torch.testing.assert_close(to_pixels(corners, 10, 20, align_corners=True), expected)

@@ -138,7 +138,7 @@ def test_a_deeply_nested_metrics_file_is_a_failed_job_not_a_crash(finished_run: 
 @pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
 def test_an_mnist_archive_that_is_not_a_file_names_its_path(kind: str, tmp_path: Path, mnist_dir: Path):
     from stn.data import MNISTDataModule
-    from stn.data.mnist import MNISTDataError
+    from stn.data.mnist_files import MNISTDataError
 
     data_dir = tmp_path / "data"
     shutil.copytree(mnist_dir / "MNIST" / "raw", data_dir / "MNIST" / "raw")
@@ -211,7 +211,8 @@ def test_an_environment_interpolation_in_a_read_config_is_refused(
 
 def test_the_projects_own_environment_paths_still_read_back(finished_run: Path):
     config = saved_config(finished_run)  # paths.root_dir: ${oc.env:STN_ROOT,.} as conf/ writes it
-    assert config.model is not None
+    assert config.model._target_ == "stn.models.lit_module.STNLitModule"
+    assert Path(config.paths.root_dir).resolve() == Path(os.environ["STN_ROOT"]).resolve()
 
 
 def test_a_summary_never_shows_an_environment_variable(finished_run: Path, tmp_path: Path, monkeypatch):

@@ -3,14 +3,11 @@ tensors, served in batches by `stn.data.batching` (on the training device by def
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
-from torchvision.datasets import MNIST
 
 from stn.data.batching import (
     DeviceBatches,
@@ -20,52 +17,14 @@ from stn.data.batching import (
     worker_ignores_stop_signals,
 )
 from stn.data.distortions import MNIST_SIZE, Distortion
-from stn.errors import Allowed, ConfigError, UserError, check, integers
-from stn.utils.files import MAX_DATA_BYTES, check_regular, file_digest, file_lock
+from stn.data.mnist_files import load_split, unpack
+from stn.errors import Allowed, check, integers
 
 MNIST_MEAN = 0.1307
 MNIST_STD = 0.3081
 TRAIN_SIZE = 60_000
 TEST_SIZE = 10_000
 DISTORTION_CHUNK = 1_000  # images distorted at a time when the fixed sets are made
-
-
-class MNISTDataError(UserError):
-    """MNIST is missing or corrupt where it was expected."""
-
-
-# the unpacked files' sizes: a 16-byte (images) or 8-byte (labels) header, then one byte per pixel
-# or label
-UNPACKED_SIZES = {
-    "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
-    "train-labels-idx1-ubyte": 8 + 60_000,
-    "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
-    "t10k-labels-idx1-ubyte": 8 + 10_000,
-}
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
-
-
-@contextmanager
-def _unpack_lock(raw_dir: Path, create: bool) -> Iterator[None]:
-    """Wait for, then hold, `raw_dir`'s lock (stn.utils.files.file_lock), creating the folder only
-    with `create` (a download). Where the folder is missing or cannot be written there is nothing
-    to unpack into, and no lock is needed."""
-    try:
-        if create:
-            raw_dir.mkdir(parents=True, exist_ok=True)
-        (raw_dir / ".unpack.lock").touch()
-    except OSError:
-        yield
-        return
-    with file_lock(raw_dir / ".unpack.lock"):
-        yield
-
-
-def _md5(path: Path) -> str:
-    return file_digest(path, "md5", MAX_DATA_BYTES)
 
 
 class MNISTDataModule(L.LightningDataModule):
@@ -76,7 +35,7 @@ class MNISTDataModule(L.LightningDataModule):
     `train_subset` / `test_subset` take the first N of each split (for tests and smoke runs).
     `shuffle_seed` fixes the training order; None draws it from the global RNG (so `seed_everything`
     sets it). `batches_per_call` > 1 serves training batches in lists (stn/data/batching.py), for
-    the graphed training step (`model.cuda_graph`). `augment` (a stn.data.distortions.Augmentation)
+    the graphed training step (`training_step=graphed`). `augment` (a stn.data.distortions.Augmentation)
     shifts, turns and scales each training batch on the device, freshly every epoch.
     """
 
@@ -142,91 +101,11 @@ class MNISTDataModule(L.LightningDataModule):
     def raw_dir(self) -> Path:
         return self.data_dir / "MNIST" / "raw"
 
-    def _missing_message(self, cause: Exception | None = None) -> str:
-        problems = []
-        for filename, md5 in MNIST.resources:
-            path = self.raw_dir / filename
-            unpacked = path.with_suffix("")
-            if unpacked.exists():
-                continue
-            if not path.exists():
-                problems.append(f"{filename} is missing")
-            elif (found := _md5(path)) != md5:
-                problems.append(f"{filename} is corrupt (md5 {found}, expected {md5})")
-        if not problems and cause is not None:  # the archives are all there and sound: unpacking failed
-            return (
-                f"MNIST's files are in {self.raw_dir} but could not be unpacked there ({_one_line(cause)}); "
-                "make the folder writable, or unpack them there yourself (gunzip -k *.gz)"
-            )
-        detail = "; ".join(problems) or "the files could not be read"
-        message = (
-            f"MNIST not found in {self.raw_dir}: {detail}. Expected the four official files "
-            f"{', '.join(name for name, _ in MNIST.resources)} there (set data.data_dir or "
-            "STN_DATA_DIR to the folder that holds MNIST/raw/)."
-        )
-        if cause is not None:
-            message += f" Download was not possible: {_one_line(cause)}"
-        return message
-
-    def _check_regular(self) -> None:
-        """Every MNIST file present (archive or unpacked) is a regular file of a bounded size:
-        torchvision's md5 check would read a FIFO forever, or a link to /dev/zero whole."""
-        for filename, _ in MNIST.resources:
-            for path in (self.raw_dir / filename, (self.raw_dir / filename).with_suffix("")):
-                if path.exists() or path.is_symlink():
-                    try:
-                        check_regular(path, MAX_DATA_BYTES)
-                    except ConfigError as error:
-                        raise MNISTDataError(
-                            f"{error}. Expected the official MNIST file there (set data.data_dir or "
-                            "STN_DATA_DIR to the folder that holds MNIST/raw/)"
-                        ) from None
-
-    def _check_unpacked(self) -> None:
-        """The unpacked files torchvision reads have their official sizes (a truncated copy would
-        otherwise fail as a tensor shape error, naming no file)."""
-        self._check_regular()
-        for filename, size in UNPACKED_SIZES.items():
-            path = self.raw_dir / filename
-            if path.is_file() and path.stat().st_size != size:
-                raise MNISTDataError(
-                    self._corrupt_message(path, f"{path.stat().st_size} bytes, expected {size}")
-                )
-
-    def _corrupt_message(self, path: Path, detail: str) -> str:
-        archive = path.with_name(path.name + ".gz")
-        fix = (
-            f"the next run re-checks {archive.name} and unpacks it again"
-            if archive.is_file()
-            else f"then put the official {archive.name} in {self.raw_dir}"
-        )
-        return f"{path} is corrupt ({detail}): delete it; {fix}"
-
     def prepare_data(self) -> None:
-        # one process at a time checks and unpacks: the jobs of a parallel sweep start together,
-        # and one would otherwise read the file another is still writing
-        with _unpack_lock(self.raw_dir, create=self.hparams.download):
-            self._check_unpacked()
-            if not self.hparams.download:
-                return
-            for train in (True, False):
-                try:
-                    MNIST(self.data_dir, train=train, download=True)
-                except (RuntimeError, OSError, EOFError) as error:
-                    raise MNISTDataError(self._missing_message(error)) from error
+        unpack(self.data_dir, self.hparams.download)
 
     def _load(self, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_unpacked()
-        try:
-            dataset = MNIST(self.data_dir, train=train, download=False)
-        except (RuntimeError, OSError, EOFError) as error:
-            raise MNISTDataError(self._missing_message()) from error
-        labels = dataset.targets
-        if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) <= 9:
-            labels_file = self.raw_dir / ("train-labels-idx1-ubyte" if train else "t10k-labels-idx1-ubyte")
-            found = f"labels {int(labels.min())}..{int(labels.max())}, expected 0..9"
-            raise MNISTDataError(self._corrupt_message(labels_file, found))
-        return dataset.data.unsqueeze(1), labels  # (N, 1, 28, 28) uint8, (N,) int64
+        return load_split(self.data_dir, train)
 
     def _images(self, images: torch.Tensor, labels: torch.Tensor) -> InMemoryImages:
         return InMemoryImages(images, labels, self.hparams.mean, self.hparams.std)

@@ -26,7 +26,7 @@ from PIL import Image
 
 from stn.data.images import grey_levels, read_grey, to_canvas
 from stn.errors import ConfigError, UserError, check_value, integers
-from stn.inference.predict import look, picture
+from stn.inference.predict import picture, read_canvas
 from stn.loading import TrainedModel, trained_model
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def drawn_grey(drawing: Any) -> torch.Tensor:
 
 def shown(model: TrainedModel, canvas_pixels: torch.Tensor, source: str) -> Shown:
     """The page's outputs for one canvas ((1, S, S) pixels in [0, 1], white on black)."""
-    seen = look(model, canvas_pixels, top_k=3)
+    seen = read_canvas(model, canvas_pixels, top_k=3)
     caption = f"{source}: {seen['prediction']} ({100 * seen['probability']:.1f}%)"
     sheet = picture(model, canvas_pixels, seen["seen"], seen["theta"], caption)
     theta = seen["theta"]

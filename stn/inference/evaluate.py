@@ -2,7 +2,8 @@
 or a model of the zoo on the data it was trained on: `python -m stn.eval model_name=stn_mnist`.
 
 When the checkpoint sits in a run folder of this project, the model config that trained it is read
-from that run's `.hydra/config.yaml` (stn.loading.checkpoint_model, the loader predict, export,
+from that run's record (`run_config/config.yaml`, the first start's copy of `.hydra/`; else
+`.hydra/config.yaml`: stn.loading.run_config and checkpoint_model, the loader predict, export,
 paper_table and the zoo share), so `model=` need not be repeated.
 """
 
@@ -36,13 +37,16 @@ def evaluate_zoo_model(cfg: DictConfig) -> dict[str, float]:
     cfg.data = trained.data(**keep)
     cfg.model = trained.model_config
     check_config(cfg)
+    return _test(cfg, trained.module, f"zoo model {cfg.model_name}")
+
+
+def _test(cfg: DictConfig, model: L.LightningModule, what: str) -> dict[str, float]:
+    """Test `model` on the test set `cfg.data` names, log the metrics and return them."""
     datamodule = build(cfg, "data")
     trainer: L.Trainer = build(cfg, "trainer", logger=instantiate_group(cfg.get("logger")))
-    trainer.test(trained.module, datamodule=datamodule)
+    trainer.test(model, datamodule=datamodule)
     metrics = logged_metrics(trainer)
-    log.info(
-        "Test metrics of zoo model %s:\n%s", cfg.model_name, json.dumps(metrics, indent=2, sort_keys=True)
-    )
+    log.info("Test metrics of %s:\n%s", what, json.dumps(metrics, indent=2, sort_keys=True))
     return metrics
 
 
@@ -75,12 +79,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             why="; without its run folder the model it was trained with is not known: pass it, "
             "e.g. model=cnn or model=stn_tps",
         )  # fmt: skip
-    datamodule = build(cfg, "data")
-    trainer: L.Trainer = build(cfg, "trainer", logger=instantiate_group(cfg.get("logger")))
-    trainer.test(model, datamodule=datamodule)
-    metrics = logged_metrics(trainer)
-    log.info("Test metrics of %s:\n%s", checkpoint, json.dumps(metrics, indent=2, sort_keys=True))
-    return metrics
+    return _test(cfg, model, str(checkpoint))
 
 
 def eval_task(cfg: DictConfig) -> float | None:

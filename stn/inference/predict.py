@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw
 
 from stn.data.images import ImageError, image_files, read_grey, to_canvas
 from stn.errors import Allowed, ConfigError, UserError, check_value, integers
-from stn.geometry import canvas_corners, sampled_region, to_pixels
+from stn.geometry import canvas_corners, to_pixels
 from stn.loading import TrainedModel, trained_model
 from stn.pictures import enlarged_grey, grey_image
 from stn.utils.files import csv_text, write_atomically
@@ -51,10 +51,7 @@ def sampled_outline(model: TrainedModel, theta: torch.Tensor | None) -> list[tup
     height, width = transformer.output_size or (canvas, canvas)
     grid = transformer.sampling_grid(theta, (1, 1, height, width))[0]  # (H, W, 2) normalised (x, y)
     border = torch.cat([grid[0, :], grid[:, -1], grid[-1, :].flip(0), grid[:, 0].flip(0)])  # (P, 2)
-    if transformer.align_corners:  # -1 and 1 are the corner pixels' centres
-        pixels = (border + 1) / 2 * (canvas - 1) + 0.5
-    else:  # -1 and 1 are the image's outer edges
-        pixels = (border + 1) / 2 * canvas
+    pixels = to_pixels(border, canvas, canvas, transformer.align_corners)
     return [(float(x), float(y)) for x, y in pixels]
 
 
@@ -63,17 +60,12 @@ def region_corners(model: TrainedModel, theta: torch.Tensor | None) -> torch.Ten
     in `canvas_corners`' order (top-left, top-right, bottom-right, bottom-left of its output):
     exact for affine and projective theta; for a spline, the output's corner pixels' centres."""
     canvas = model.canvas
-    if theta is None:  # the CNN sees the whole canvas
+    transformer = model.network.transformer
+    if transformer is None or theta is None:  # the CNN sees the whole canvas
         return to_pixels(canvas_corners(), canvas, canvas)
-    if theta.shape[-2:] == (2, 3):
-        return sampled_region(theta, canvas, canvas)[0]
-    if theta.shape[-2:] == (3, 3):  # a homography of the output's corners
-        corners = torch.cat([canvas_corners(), torch.ones(4, 1)], dim=1) @ theta[0].T  # (4, 3)
-        return to_pixels(corners[:, :2] / corners[:, 2:], canvas, canvas)
-    outline = torch.tensor(sampled_outline(model, theta))  # (P, 2), round the output's border
-    height, width = model.network.transformer.output_size or (canvas, canvas)
-    # the border's corners, going round: top-left, top-right, bottom-right, bottom-left
-    return outline[[0, width - 1, width + height - 1, 2 * width + height - 1]]
+    return to_pixels(
+        transformer.region_corners(theta, (canvas, canvas))[0], canvas, canvas, transformer.align_corners
+    )
 
 
 def picture(
@@ -124,7 +116,7 @@ def picture_names(files: list[Path]) -> dict[Path, str]:
 
 
 @torch.no_grad()
-def look(model: TrainedModel, canvas_pixels: torch.Tensor, top_k: int) -> dict[str, Any]:
+def read_canvas(model: TrainedModel, canvas_pixels: torch.Tensor, top_k: int) -> dict[str, Any]:
     """What the model makes of one canvas ((1, S, S) pixels in [0, 1], white on black): the
     prediction, the top `top_k`, theta, the sampled region's corners on the canvas, and what the
     classifier saw (`seen`, (1, h, w) pixels in [0, 1]). Predict and the demo page both use it."""
@@ -148,7 +140,7 @@ def predict_image(
 ) -> dict[str, Any]:
     """One image's prediction and pictures (written to `out_dir` as `<name>.*.png`)."""
     canvas_pixels, inverted, placement = to_canvas(read_grey(path), model.canvas, invert)  # (1, S, S)
-    seen = look(model, canvas_pixels, top_k)
+    seen = read_canvas(model, canvas_pixels, top_k)
     theta, on_canvas = seen["theta"], seen["region_canvas"]
     picture_file = out_dir / f"{name}.stn.png"
     caption = f"{path.name}: {seen['prediction']} ({100 * seen['probability']:.1f}%)" + (

@@ -9,7 +9,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from stn.errors import Allowed, check, integers, numbers
-from stn.geometry import affine_grid, control_grid, homography_grid, tps_grid, tps_system
+from stn.geometry import (
+    affine_grid,
+    canvas_corners,
+    control_grid,
+    homography_grid,
+    map_points,
+    tps_grid,
+    tps_system,
+)
 from stn.models.layers import identity_head
 
 IDENTITY_THETA = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -58,6 +66,15 @@ class WarpingTransformer(nn.Module):
     def sampling_grid(self, theta: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
         raise NotImplementedError
 
+    def region_corners(self, theta: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+        """(N, 4, 2) normalised (x, y) of the input that the output's corners sample, in
+        `canvas_corners`' order (top-left, top-right, bottom-right, bottom-left): here the output's
+        corner pixels' centres (the output is `input_size` (H, W) unless it has its own size);
+        exact corners where the warp maps points (affine, projective)."""
+        height, width = self.output_size or input_size
+        grid = self.sampling_grid(theta, (theta.shape[0], 1, height, width))  # (N, H, W, 2)
+        return torch.stack([grid[:, 0, 0], grid[:, 0, -1], grid[:, -1, -1], grid[:, -1, 0]], dim=1)
+
     def warp(
         self, images: torch.Tensor, theta: torch.Tensor, size: tuple[int, int] | None = None
     ) -> torch.Tensor:
@@ -89,6 +106,10 @@ class SpatialTransformer(WarpingTransformer):
 
     def sampling_grid(self, theta: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
         return affine_grid(theta, size[2], size[3], self.align_corners)  # (N, H, W, 2)
+
+    def region_corners(self, theta: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+        corners = canvas_corners(theta.device, theta.dtype).expand(theta.shape[0], 4, 2)
+        return map_points(theta, corners)  # (N, 4, 2)
 
     def as_matrix(self, theta: torch.Tensor) -> torch.Tensor:
         """theta as (N, 3, 3) homogeneous matrices, so that warps compose by matrix product."""
@@ -132,6 +153,11 @@ class ProjectiveTransformer(_NormalisedGridTransformer):
 
     def sampling_grid(self, theta: torch.Tensor, size: tuple[int, int, int, int]) -> torch.Tensor:
         return homography_grid(theta, size[2], size[3])
+
+    def region_corners(self, theta: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+        corners = canvas_corners(theta.device, theta.dtype)
+        homogeneous = torch.cat([corners, torch.ones_like(corners[:, :1])], dim=1) @ theta.transpose(1, 2)
+        return homogeneous[..., :2] / homogeneous[..., 2:]  # (N, 4, 2)
 
     def as_matrix(self, theta: torch.Tensor) -> torch.Tensor:
         return theta

@@ -9,8 +9,6 @@ open the study named in `study.yaml` (its storage and name).
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -18,7 +16,7 @@ from typing import Any
 
 from stn.errors import UserError, first_line
 from stn.runs.reading import plain_yaml
-from stn.utils.files import read_text
+from stn.utils.files import read_csv
 
 TRIALS_FILE = "trials.csv"
 STUDY_FILE = "study.yaml"
@@ -40,7 +38,7 @@ def trial_spans(sweep_dir: Path) -> list[TrialSpan]:
     if not path.is_file():
         return []
     spans = []
-    for row in csv.DictReader(io.StringIO(read_text(path))):
+    for row in read_csv(path):
         if not row.get("start"):
             continue
         end = datetime.fromisoformat(row["end"]) if row.get("end") else None

@@ -87,30 +87,32 @@ def write_html(
     if plot.is_file():
         parts += [f"<h2>{html.escape(metric)} against each swept parameter</h2>", _image_tag(plot, "plot")]
     parts.append("<h2>What each job's transformer does</h2><div class='jobs'>")
-    for job in jobs:
-        overrides = ", ".join(f"{k}={job.overrides[k]}" for k in keys if k in job.overrides)
-        card = [f"<div class='job'><h3>job {html.escape(job.name)}: {html.escape(job.status)}</h3>"]
-        card.append(f"<p class='note'>{html.escape(overrides)}</p>")
-        if job.status == "pruned":
-            stopped = f"{html.escape(metric)} = {_fmt(job.metrics.get(metric))}"
-            card.append(f"<p class='note'>pruned after epoch {job.pruned_after}: {stopped}</p>")
-        elif job.finished:
-            card.append(f"<p>{html.escape(metric)} = {_fmt(job.metrics.get(metric))}</p>")
-            figures = [(name, job.metrics.get(f"transform/{name}")) for name in TELEMETRY]
-            figures = [(name, value) for name, value in figures if value is not None]
-            if figures:
-                card.append(
-                    "<table>" + "".join(f"<tr><td>{n}</td><td>{_fmt(v)}</td></tr>" for n, v in figures)
-                )
-                card.append("</table>")
-        else:
-            card.append(f"<p class='note'>{html.escape(job.error or '')}</p>")
-        history = job.folder / "transform_history.png"
-        if history.is_file():
-            card.append("<p class='note'>the same digits at every epoch (last row: the final model)</p>")
-            card.append(_image_tag(history, f"job {job.name} transform history"))
-        parts.append("".join(card) + "</div>")
+    parts += [_job_card(job, keys, metric) for job in jobs]
     parts.append("</div></body></html>")
     path = out / "summary.html"
     write_atomically(path, "\n".join(parts) + "\n")
     return path
+
+
+def _job_card(job: Job, keys: list[str], metric: str) -> str:
+    """One job's card: its status, swept values, metric or error, telemetry and transform history."""
+    overrides = ", ".join(f"{k}={job.overrides[k]}" for k in keys if k in job.overrides)
+    card = [f"<div class='job'><h3>job {html.escape(job.name)}: {html.escape(job.status)}</h3>"]
+    card.append(f"<p class='note'>{html.escape(overrides)}</p>")
+    if job.status == "pruned":
+        stopped = f"{html.escape(metric)} = {_fmt(job.metrics.get(metric))}"
+        card.append(f"<p class='note'>pruned after epoch {job.pruned_after}: {stopped}</p>")
+    elif job.finished:
+        card.append(f"<p>{html.escape(metric)} = {_fmt(job.metrics.get(metric))}</p>")
+        figures = [(name, job.metrics.get(f"transform/{name}")) for name in TELEMETRY]
+        figures = [(name, value) for name, value in figures if value is not None]
+        if figures:
+            card.append("<table>" + "".join(f"<tr><td>{n}</td><td>{_fmt(v)}</td></tr>" for n, v in figures))
+            card.append("</table>")
+    else:
+        card.append(f"<p class='note'>{html.escape(job.error or '')}</p>")
+    history = job.folder / "transform_history.png"
+    if history.is_file():
+        card.append("<p class='note'>the same digits at every epoch (last row: the final model)</p>")
+        card.append(_image_tag(history, f"job {job.name} transform history"))
+    return "".join(card) + "</div>"

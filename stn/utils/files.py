@@ -115,6 +115,11 @@ def file_digest(path: Path, algorithm: str, limit: int) -> str:
     return digest.hexdigest()
 
 
+def read_csv(path: Path, limit: int = MAX_CONFIG_BYTES) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, read as `read_text` reads (bounded, regular files only)."""
+    return list(csv.DictReader(io.StringIO(read_text(path, limit), newline="")))
+
+
 def refuse_yaml_aliases(text: str, path: Path) -> None:
     """ConfigError if the YAML `text` has an anchor or an alias: scanned as a stream of events
     (linear in the text, nothing expanded), before any loader builds it."""
