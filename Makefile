@@ -3,7 +3,7 @@ PYTHON ?= python
 
 .PHONY: test test-all lint format slurm-up slurm-down db-up db-down
 
-test:  ## the fast lane: every module, no subprocess or multi-epoch tests (~3 min on 2 cores)
+test:  ## the fast lane: every module, no subprocess or multi-epoch tests (times: docs/performance.md)
 	$(PYTHON) -m pytest
 
 test-all:  ## the whole suite, slowest tests listed at the end (what CI runs)

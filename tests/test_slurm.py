@@ -93,6 +93,28 @@ def test_a_slurm_sweep_waits_for_its_jobs_and_records_a_failing_one(tmp_path: Pa
     assert "--gpus-per-task" not in next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
 
 
+def test_a_pruned_asynchronous_sweep_on_the_cluster(tmp_path: Path, mnist_dir: Path):
+    import optuna
+
+    from stn.sweeps.storage import open_storage
+
+    sweep = tmp_path / "sweep"
+    process, jobs = multirun(
+        "hparams_search=optuna", *ON_SLURM, "hydra.sweeper.n_jobs=2", "hydra.sweeper.n_trials=3",
+        "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.999}", *TINY,
+        "trainer.max_epochs=3", sweep=sweep, data_dir=mnist_dir, check=False,
+    )  # fmt: skip
+    assert "every trial of the study 'stn' was pruned or failed (3 pruned)" in process.stderr
+    assert len(jobs) == 3
+    for job in jobs:  # each SLURM job reported to the study in the sweep's journal and stopped
+        assert json.loads((job / "metrics.json").read_text())["pruned"]["epoch"] == 0
+    study = optuna.load_study(
+        study_name="stn", storage=open_storage(f"journal:{sweep / 'optuna_journal.log'}")
+    )
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED] * 3
+    assert list((sweep / ".submitit").glob("*/*_submission.sh"))  # through sbatch
+
+
 def test_a_requeued_job_goes_on_from_its_last_checkpoint_in_its_folder(tmp_path: Path, mnist_dir: Path):
     sweep = tmp_path / "sweep"
     command = cli_command(

@@ -78,6 +78,26 @@ def test_optuna_sweep_maximises_the_metric_and_resumes_its_study(tmp_path: Path,
 
 
 @pytest.mark.slow
+def test_a_stored_study_asked_for_what_it_cannot_honour_is_one_sentence(tmp_path: Path, mnist_dir: Path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = ["hparams_search=optuna", *TINY, f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=1"]
+    run("stn.train", *common, f"hydra.sweep.dir={tmp_path / 'a'}", data_dir=mnist_dir)
+    for change, message in (
+        (
+            ["hydra.sweeper.direction=minimize"],
+            "the stored study 'stn' maximizes, but hydra.sweeper.direction=",
+        ),
+        (["model.optimizer.lr=choice(0.01, 0.1)"], "the stored study 'stn' searched model.optimizer.lr over"),
+    ):
+        process = run("stn.train", *common, *change, f"hydra.sweep.dir={tmp_path / 'b'}", data_dir=mnist_dir,
+                      check=False)  # fmt: skip
+        assert process.returncode == 1 and "Traceback" not in process.stderr
+        assert message in process.stderr
+    study = optuna.load_study(study_name="stn", storage=storage)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE]  # nothing left RUNNING
+
+
+@pytest.mark.slow
 def test_an_optuna_study_whose_every_trial_fails_says_so(tmp_path: Path, mnist_dir: Path):
     process = run(
         "stn.train", "hparams_search=optuna", *TINY, "trainer.max_epochs=-1", "hydra.sweeper.n_trials=2",
@@ -259,6 +279,10 @@ def test_job_share_splits_cores_and_gpus():
             "error: the search space of model.optimizer.lr, interval(0.1, 0.01), is empty",
         ),
         (["--multirun", "seed=range(3,1)"], "error: the search space of seed, range(3, 1, 1), is empty"),
+        (
+            ["hparams_search=optuna", "model.localization.depth=interval(1, 3)"],
+            "error: the sweep searches model.localization.depth, an integer key, over an interval of reals",
+        ),
     ],
 )
 @pytest.mark.slow

@@ -154,6 +154,7 @@ def test_sigterm_to_the_process_group_with_dataloader_workers_is_the_sentence(
         (5, "maximize", "postgresql://stn:secret@localhost/stn", "carries a password"),
         (5, "maximize", "postgresql://localhost", "names no host or no database"),
         (5, "maximize", "journal:NOT_SQLITE", "is not an Optuna journal"),
+        (5, "maximize", "sqlite:///FOREIGN", "is another program's SQLite database \\(tables notes\\)"),
         (5, "maximize", "journal:MISSING/study.log", "does not exist"),
         (5, "maximize", "sqlite:///NOT_SQLITE", "is not a SQLite database"),
         (5, "maximize", "sqlite:///MISSING/study.db", "does not exist"),
@@ -165,7 +166,13 @@ def test_an_optuna_study_that_cannot_run_is_refused_before_its_first_trial(
     from stn.sweeps.optuna_search import check_sweeper
 
     (tmp_path / "text.db").write_text("not a database")
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(tmp_path / "foreign.db")) as foreign:
+        foreign.execute("CREATE TABLE notes (text)")
     if storage:
+        storage = storage.replace("FOREIGN", str(tmp_path / "foreign.db"))
         storage = storage.replace("NOT_SQLITE", str(tmp_path / "text.db")).replace(
             "MISSING", str(tmp_path / "no")
         )

@@ -48,12 +48,13 @@ class StnOptunaSweeper(Sweeper):
         n_jobs: int,
         max_failure_rate: float,
         pruner: Any = None,
+        asynchronous: bool = True,
         params: DictConfig | None = None,
     ) -> None:
         self.sampler_config, self.pruner_config = sampler, pruner
         self.direction, self.storage = direction, storage
         self.study_name, self.n_trials, self.n_jobs = study_name, n_trials, n_jobs
-        self.max_failure_rate = max_failure_rate
+        self.max_failure_rate, self.asynchronous = max_failure_rate, asynchronous
         self.params = params or {}
         self.job_idx = 0
 
@@ -88,7 +89,10 @@ class StnOptunaSweeper(Sweeper):
         try:
             launched = 0
             while launched < self.n_trials or in_flight:
-                while launched < self.n_trials and len(in_flight) < (self.n_jobs if parallel else 1):
+                # asynchronous: refill a slot as soon as it frees; else (Hydra's own Optuna sweeper's
+                # way) launch a batch of n_jobs only once the whole last batch has ended
+                slots = (self.n_jobs if parallel else 1) if self.asynchronous or not in_flight else 0
+                while launched < self.n_trials and len(in_flight) < slots:
                     trial = self._ask(study, searched)
                     overrides = self._overrides(trial, fixed)
                     job = self.job_idx

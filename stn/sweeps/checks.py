@@ -17,7 +17,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stn.errors import ConfigError, release_stderr
+from stn.errors import ConfigError, is_int, release_stderr
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,12 @@ def check_sweep(cfg: DictConfig) -> None:
         check_key_exists(override, cfg)
         if override.is_sweep_override():
             check_space(override.key_or_group, override.value())
+            current = OmegaConf.select(cfg, override.key_or_group, default=None, throw_on_missing=False)
+            if isinstance(override.value(), IntervalSweep) and is_int(current):
+                raise ConfigError(
+                    f"the sweep searches {override.key_or_group}, an integer key, over an interval of reals; "
+                    f"use range(a, b) or choice(...) for it"
+                )
 
 
 SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"

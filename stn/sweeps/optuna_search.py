@@ -73,6 +73,7 @@ def check_sweeper(sweeper: Any) -> list[str]:
     check_value("hydra.sweeper.n_trials", sweeper.n_trials, integers(1))
     check_value("hydra.sweeper.n_jobs", sweeper.n_jobs, integers(1))
     check_value("hydra.sweeper.max_failure_rate", sweeper.max_failure_rate, numbers(0.0, 1.0))
+    check_value("hydra.sweeper.asynchronous", getattr(sweeper, "asynchronous", True), one_of(True, False))
     directions = directions_of(sweeper.direction)
     for direction in directions:
         check_value("hydra.sweeper.direction", direction.lower(), one_of(*DIRECTIONS))

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from stn.errors import ConfigError, first_line
+from stn.errors import Allowed, ConfigError, first_line, out_of_range
 
 KEY = "hydra.sweeper.pruner"
 
@@ -33,8 +33,8 @@ def build_pruner(config: Any) -> Any:
     if config is None:
         return None
     if not isinstance(config, (dict, DictConfig)) or "_target_" not in config:
-        allowed = "null or {_target_: optuna.pruners.<Pruner>, ...}"
-        raise ConfigError(f"{KEY}={config} is out of range: allowed {allowed}")
+        allowed = Allowed(lambda _: False, "null or {_target_: optuna.pruners.<Pruner>, ...}")
+        raise ConfigError(out_of_range(KEY, config, allowed))
     import optuna
     from hydra.utils import get_class, instantiate
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from stn.errors import ConfigError
+from stn.errors import Allowed, ConfigError, out_of_range
 
 KEY = "hydra.sweeper.storage"
 ALLOWED = (
@@ -52,11 +52,11 @@ def check_storage(storage: str | None) -> None:
                 "the logs; leave it out of the URL and put it in PGPASSWORD or ~/.pgpass"
             )
         if not parts.hostname or not parts.path.strip("/"):
-            raise ConfigError(f"{KEY}={storage} names no host or no database; allowed: {ALLOWED}")
+            raise ConfigError(f"{KEY}={storage} names no host or no database; allowed {ALLOWED}")
         return
     path = _file_of(storage)
     if path is None or not str(path).strip():
-        raise ConfigError(f"{KEY}={storage} is out of range: allowed {ALLOWED}")
+        raise ConfigError(out_of_range(KEY, storage, Allowed(lambda _: False, ALLOWED)))
     if path.exists() and not path.is_file():
         raise ConfigError(f"{KEY}={storage}: {path} is not a file")
     if not path.is_file():
@@ -67,8 +67,28 @@ def check_storage(storage: str | None) -> None:
         header = file.read(16)
     if storage.startswith("sqlite:///") and header and header != SQLITE_HEADER:
         raise ConfigError(f"{KEY}={storage}: {path} is not a SQLite database")
+    if storage.startswith("sqlite:///") and header:
+        tables = _sqlite_tables(path)
+        if tables and "studies" not in tables:
+            shown = ", ".join(sorted(tables)[:5])
+            raise ConfigError(
+                f"{KEY}={storage}: {path} is another program's SQLite database (tables {shown}), not an "
+                "Optuna study's; name a new file"
+            )
     if storage.startswith("journal:") and header and not header.startswith(b"{"):
         raise ConfigError(f"{KEY}={storage}: {path} is not an Optuna journal (its lines are JSON)")
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    import sqlite3
+    from contextlib import closing
+
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            rows = connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    except sqlite3.Error:
+        return set()  # locked or unreadable: Optuna's own open says why
+    return {str(name) for (name,) in rows}
 
 
 def absolute(storage: str) -> str:
