@@ -20,10 +20,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
+from stn.environment import quiet_known_noise
 from stn.errors import ConfigError, first_line, hold_stderr, release_stderr, stderr_held, user_errors_reported
 from stn.paths import CONF_DIR
 
 Task = Callable[[DictConfig], Any]
+
+quiet_known_noise()  # here too: a joblib worker composes its job's config before the task runs
 
 
 def _task(task: Task | str) -> Task:

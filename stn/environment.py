@@ -45,6 +45,13 @@ def set_up() -> None:
     )
     # the run's name after its time: its data and model choices and its overrides (conf/hydra/default.yaml)
     OmegaConf.register_new_resolver("run_label", run_label, use_cache=True, replace=True)
+    quiet_known_noise()
+
+
+def quiet_known_noise() -> None:
+    """The log and warning filters alone (idempotent): a parallel sweep's worker process composes its
+    job's config before any function of the project runs in it, so stn/entry.py installs them when
+    it is imported (a worker imports it to run the task)."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERTISING)
     # a deprecation inside Lightning itself (its pytree helper), nothing the user can act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")

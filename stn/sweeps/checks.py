@@ -105,7 +105,13 @@ def check_sweep(cfg: DictConfig) -> None:
         if override.is_sweep_override():
             check_space(override.key_or_group, override.value())
             current = OmegaConf.select(cfg, override.key_or_group, default=None, throw_on_missing=False)
-            if isinstance(override.value(), IntervalSweep) and is_int(current):
+            space = override.value()
+            # interval(1, 3) over a key that holds an integer (a depth, a size): Optuna would draw
+            # reals; interval(1e-6, 1e-3) over a weight decay written as 0 is a real search
+            integer_bounds = isinstance(space, IntervalSweep) and all(
+                float(bound).is_integer() for bound in (space.start, space.end)
+            )
+            if integer_bounds and is_int(current):
                 raise ConfigError(
                     f"the sweep searches {override.key_or_group}, an integer key, over an interval of reals; "
                     f"use range(a, b) or choice(...) for it"
