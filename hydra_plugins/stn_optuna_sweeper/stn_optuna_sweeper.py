@@ -14,6 +14,7 @@ keys are in conf/hydra/sweeper/optuna.yaml.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -29,8 +30,6 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
-TRIALS_FILE = "trials.csv"  # the sweep folder's record of its trials: job, state, value, times, params
-STUDY_FILE = "study.yaml"  # where the study is kept, so stn.summarize can open it
 OWNER = "stn_sweep"  # a trial's user attribute: the host and process of the sweep that launched it
 
 
@@ -73,6 +72,7 @@ class StnOptunaSweeper(Sweeper):
         try:
             study, directions, pruner = self._open_study()
             searched, fixed = self._search_space(arguments)
+            self._check_space_against_study(study, searched)
         except ConfigError as error:
             raise SystemExit(f"error: {error}") from None
         self._warn_if_nothing_to_prune(pruner, fixed)
@@ -130,6 +130,7 @@ class StnOptunaSweeper(Sweeper):
         from stn.sweeps.optuna_search import check_sweeper, create_study
         from stn.sweeps.pruning import build_pruner
         from stn.sweeps.storage import absolute, open_storage
+        from stn.sweeps.study_plots import STUDY_FILE
 
         self._owner = f"{socket.gethostname()}:{os.getpid()}"
         directions = check_sweeper(self)
@@ -190,18 +191,18 @@ class StnOptunaSweeper(Sweeper):
 
         from stn.errors import ConfigError
 
-        for trial in study.get_trials(deepcopy=False):
-            for key, distribution in trial.distributions.items():
-                if key in searched:
-                    try:
-                        check_distribution_compatibility(distribution, searched[key])
-                    except ValueError:
-                        raise ConfigError(
-                            f"the stored study {study.study_name!r} searched {key} over {distribution}, and "
-                            f"this sweep asks {searched[key]}; keep the space or name another study "
-                            "(hydra.sweeper.study_name=...)"
-                        ) from None
-            return  # one trial's distributions are the study's
+        trials = study.get_trials(deepcopy=False)
+        stored = trials[0].distributions if trials else {}  # one trial's distributions are the study's
+        for key, distribution in stored.items():
+            if key in searched:
+                try:
+                    check_distribution_compatibility(distribution, searched[key])
+                except ValueError:
+                    raise ConfigError(
+                        f"the stored study {study.study_name!r} searched {key} over {distribution}, and "
+                        f"this sweep asks {searched[key]}; keep the space or name another study "
+                        "(hydra.sweeper.study_name=...)"
+                    ) from None
 
     def _fail_stale(self, study: Any) -> None:
         """Trials left RUNNING by a sweep on this machine that is no longer running (killed) are
@@ -237,12 +238,6 @@ class StnOptunaSweeper(Sweeper):
             )
 
     def _ask(self, study: Any, searched: dict[str, Any]) -> Any:
-        if not hasattr(self, "_space_checked"):
-            self._space_checked = True
-            try:
-                self._check_space_against_study(study, searched)
-            except Exception as error:
-                raise SystemExit(f"error: {error}") from None
         trial = study.ask(searched)
         trial.set_user_attr(OWNER, self._owner)
         return trial
@@ -294,12 +289,14 @@ class StnOptunaSweeper(Sweeper):
             except Exception:  # told already, or the storage is gone: nothing more to do here
                 continue
         if trials:
-            self._record(study)
+            with contextlib.suppress(Exception):  # a storage that went away: its own sentence follows
+                self._record(study)
 
     def _record(self, study: Any) -> None:
         """trials.csv in the sweep folder: each trial's job, state, value, start and end (the
         summary page's timeline and its groups)."""
         from stn.sweeps.optuna_search import trial_rows
+        from stn.sweeps.study_plots import TRIALS_FILE
         from stn.utils.files import csv_text, write_atomically
 
         path = Path(str(self.config.hydra.sweep.dir)) / TRIALS_FILE
