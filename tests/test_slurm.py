@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import functools
 import json
+import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -22,10 +24,17 @@ from stn.paths import ROOT
 from .conftest import TINY, assert_one_sentence_error, cli_command, cli_env, jobs_of, multirun, run
 
 
+OWN_CONFIG = ROOT / ".slurm" / "slurm.conf"  # written by tools/slurm.sh up
+
+
 @functools.cache
 def _cluster_answers() -> str:
     """'' when a SLURM cluster with partition debug answers here, else why not (asked once, and only
-    when a test of this module is selected: collection asks nothing of the machine)."""
+    when a test of this module is selected: collection asks nothing of the machine). This clone's own
+    cluster (`make slurm-up`) is the one asked, and the one the sweeps submit to, where the machine's
+    /etc/slurm/slurm.conf is another cluster's."""
+    if "SLURM_CONF" not in os.environ and OWN_CONFIG.is_file():
+        os.environ["SLURM_CONF"] = str(OWN_CONFIG)
     if shutil.which("sinfo") is None:
         return "SLURM is not installed (make slurm-up installs and starts a one-machine cluster)"
     try:
@@ -208,3 +217,75 @@ def test_a_sweep_the_cluster_cannot_run_is_one_sentence_and_writes_nothing(
     )  # fmt: skip
     assert_one_sentence_error(process, message)
     assert not sweep.exists()
+
+
+def _slurm_script(clone: Path, command: str, link: Path, **env: str) -> subprocess.CompletedProcess:
+    """tools/slurm.sh of a second clone at `clone`, its machine-wide link at `link` (not /etc/slurm)."""
+    script = clone / "tools" / "slurm.sh"
+    script.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "tools" / "slurm.sh", script)
+    environment = {k: v for k, v in os.environ.items() if k != "SLURM_CONF"}
+    return subprocess.run(["bash", str(script), command], capture_output=True, text=True, timeout=120,
+                          env={**environment, "STN_SLURM_LINK": str(link), **env})  # fmt: skip
+
+
+def _partition_answers(config: Path) -> bool:
+    env = {**os.environ, "SLURM_CONF": str(config)}
+    answer = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%T"], capture_output=True, text=True, env=env,
+                            timeout=20)  # fmt: skip
+    return answer.returncode == 0 and answer.stdout.strip() in {"idle", "mixed", "allocated"}
+
+
+def _daemons_of(config: Path) -> list[str]:
+    listing = subprocess.run(["pgrep", "-a", "-f", f"slurm.* -f {config}"], capture_output=True, text=True).stdout
+    return listing.splitlines()
+
+
+def test_a_second_cluster_starts_beside_this_one_replaces_a_dead_link_and_stops_alone(tmp_path: Path):
+    clone, link = tmp_path / "clone", tmp_path / "etc" / "slurm.conf"
+    link.parent.mkdir()
+    link.symlink_to(tmp_path / "gone" / ".slurm" / "slurm.conf")  # a clone deleted with its cluster up
+    config = clone / ".slurm" / "slurm.conf"
+    this_cluster = Path(os.environ.get("SLURM_CONF", "/etc/slurm/slurm.conf")).resolve()
+    try:
+        started = _slurm_script(clone, "up", link)
+        assert started.returncode == 0, started.stderr
+        assert f"replacing {link}: it linked to {tmp_path / 'gone'}" in started.stdout
+        assert link.resolve() == config and "is up" in started.stdout
+        assert _partition_answers(config) and _partition_answers(this_cluster)
+        ports = {line.split("=")[1] for line in config.read_text().splitlines() if "dPort=" in line}
+        assert "6817" not in ports and len(ports) == 2  # its own ports, not SLURM's defaults
+        assert len(_daemons_of(config)) >= 2
+
+        again = _slurm_script(clone, "up", link)  # a second `up` finds it running
+        assert again.returncode == 0 and "already running" in again.stdout
+    finally:
+        stopped = _slurm_script(clone, "down", link)
+    assert "is stopped" in stopped.stdout
+    assert _daemons_of(config) == [] and not link.exists() and not link.is_symlink()
+    assert _partition_answers(this_cluster)  # this clone's cluster was left alone
+
+
+def test_a_link_to_a_live_cluster_is_left_and_a_held_port_is_named(tmp_path: Path):
+    clone, link = tmp_path / "clone", tmp_path / "etc" / "slurm.conf"
+    link.parent.mkdir()
+    other = tmp_path / "other.conf"
+    other.write_text("ClusterName=other\n")
+    link.symlink_to(other)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        refused = _slurm_script(clone, "up", link, STN_SLURM_PORT=str(port))
+    assert_one_sentence_error(refused, f"error: port {port} (STN_SLURM_PORT={port} and the next) is held by python")
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert link.resolve() == other  # another cluster's link is never taken
+    try:
+        started = _slurm_script(clone, "up", link)
+        assert started.returncode == 0, started.stderr
+        assert f"{link} -> {other} is another cluster's config (left as it is)" in started.stdout
+        assert f"SLURM_CONF={clone / '.slurm' / 'slurm.conf'}" in started.stdout
+        assert link.resolve() == other and _partition_answers(clone / ".slurm" / "slurm.conf")
+    finally:
+        _slurm_script(clone, "down", link)
+    assert link.resolve() == other
