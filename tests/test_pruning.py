@@ -285,3 +285,18 @@ def test_a_storage_that_cannot_be_reached_stops_the_sweep_before_any_job(tmp_pat
         f"hydra.sweep.dir={sweep}", data_dir=mnist_dir, check=False,
     )  # fmt: skip
     assert "carries a password" in refused.stderr and "pw@" not in refused.stderr
+
+
+@pytest.mark.slow
+def test_a_pruned_study_over_a_length_each_data_choice_sets_warns_once_of_a_one_epoch_trial(
+    tmp_path: Path, mnist_dir: Path
+):
+    # experiment=paper sets trainer.max_epochs from the data choice (hydra:runtime.choices)
+    small = [override for override in TINY if not override.startswith("trainer.max_epochs=")]
+    process, jobs = multirun(
+        "hparams_search=optuna", "experiment=paper", "paper_epochs.mnist=1", "hydra.sweeper.n_trials=1",
+        "hydra.sweeper.pruner={_target_:optuna.pruners.MedianPruner}", *small,
+        sweep=tmp_path / "sweep", data_dir=mnist_dir,
+    )  # fmt: skip
+    assert "Traceback" not in process.stderr and len(jobs) == 1
+    assert (process.stdout + process.stderr).count("each trial trains one epoch (trainer.max_epochs=1)") == 1

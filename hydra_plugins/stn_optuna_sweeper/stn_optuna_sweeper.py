@@ -230,7 +230,13 @@ class StnOptunaSweeper(Sweeper):
         return search_space([*(f"{key}={value}" for key, value in self.params.items()), *arguments])
 
     def _warn_if_nothing_to_prune(self, pruner: Any, fixed: dict[str, str]) -> None:
-        epochs = fixed.get("trainer.max_epochs", OmegaConf.select(self.config, "trainer.max_epochs"))
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():  # a length such as experiment=paper's reads hydra:runtime.choices
+            HydraConfig.instance().set_config(self.config)
+        epochs = fixed.get("trainer.max_epochs")
+        if epochs is None:
+            epochs = OmegaConf.select(self.config, "trainer.max_epochs", throw_on_resolution_failure=False)
         if pruner is not None and str(epochs) == "1":
             log.warning(
                 "The study has a pruner, but each trial trains one epoch (trainer.max_epochs=1): a trial is "
