@@ -20,7 +20,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from stn.environment import quiet_known_noise
+from stn.environment import lightning_lines_once, quiet_known_noise
 from stn.errors import ConfigError, first_line, hold_stderr, release_stderr, stderr_held, user_errors_reported
 from stn.paths import CONF_DIR
 
@@ -56,6 +56,7 @@ def entry(config_name: str, task: Task | str) -> Callable[[], Any]:
         with user_errors_reported():
             _check_run_dir()
             check_torch_pair()
+            lightning_lines_once()
             return _task(task)(cfg)
 
     def cli() -> Any:

@@ -12,7 +12,7 @@ import warnings
 from omegaconf import OmegaConf
 
 from stn.paths import ROOT
-from stn.runs.folders import new_run_dir, run_label
+from stn.runs.folders import job_label, new_run_dir, run_label
 
 
 class _NoAdvertising(logging.Filter):
@@ -23,6 +23,25 @@ class _NoAdvertising(logging.Filter):
 
 
 _NO_ADVERTISING = _NoAdvertising()  # one instance: adding it again is a no-op
+
+
+class _SacctOnce(logging.Filter):
+    """submitit asks `sacct` for its jobs' states at every poll and warns each time it cannot (a
+    cluster without an accounting database, as `make slurm-up`'s): the first warning says it, the
+    same words fifteen times more do not (it then reads the states from the jobs' own files)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.told = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in str(record.msg):
+            return True
+        told, self.told = self.told, True
+        return not told
+
+
+_SACCT_ONCE = _SacctOnce()
 
 
 def set_up() -> None:
@@ -45,6 +64,7 @@ def set_up() -> None:
     )
     # the run's name after its time: its data and model choices and its overrides (conf/hydra/default.yaml)
     OmegaConf.register_new_resolver("run_label", run_label, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("job_label", job_label, use_cache=True, replace=True)
     quiet_known_noise()
 
 
@@ -53,6 +73,7 @@ def quiet_known_noise() -> None:
     job's config before any function of the project runs in it, so stn/entry.py installs them when
     it is imported (a worker imports it to run the task)."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_NO_ADVERTISING)
+    logging.getLogger("submitit").addFilter(_SACCT_ONCE)
     # a deprecation inside Lightning itself (its pytree helper), nothing the user can act on
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
     # conf/hydra/launcher/joblib.yaml sets the launcher's options under the
@@ -62,3 +83,16 @@ def quiet_known_noise() -> None:
         "ignore",
         message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema with the same name",
     )
+
+
+def lightning_lines_once() -> None:
+    """Lightning's package gives the `lightning` logger a console handler of its own when it is
+    imported, and its records also reach the handlers Hydra gave the root logger, so `Seed set to 0`
+    and the GPU/TPU lines would show twice: under Hydra's logging, the root's handlers alone (its
+    console and the run's log file) show them."""
+    import lightning  # noqa: F401  (its import adds the handler)
+
+    if logging.getLogger().handlers:
+        own = logging.getLogger("lightning")
+        for handler in [h for h in own.handlers if type(h) is logging.StreamHandler]:
+            own.removeHandler(handler)

@@ -99,9 +99,6 @@ def _fit_and_test(cfg: DictConfig, ckpt_path: str | None, hydra_cfg: DictConfig 
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     log.info("Run folder: %s%s", cfg.paths.output_dir, _choices_shown(hydra_cfg))
-    show_config(
-        cfg, Path(cfg.paths.output_dir) / "config_tree.log", print_it=bool(cfg.get("print_config", True))
-    )
     datamodule = build(cfg, "data")
     model = build_model(cfg)
     log.info("Parameters: %s", parameter_counts(model.net))
@@ -111,6 +108,10 @@ def _fit_and_test(cfg: DictConfig, ckpt_path: str | None, hydra_cfg: DictConfig 
         callbacks.append(pruning)
     trainer: L.Trainer = build(
         cfg, "trainer", callbacks=callbacks, logger=instantiate_group(cfg.get("logger"))
+    )
+    # once every value has been checked where it enters: a refused value is not read after the tree
+    show_config(
+        cfg, Path(cfg.paths.output_dir) / "config_tree.log", print_it=bool(cfg.get("print_config", True))
     )
 
     metrics: dict[str, Any] = {}

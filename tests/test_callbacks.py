@@ -172,7 +172,9 @@ def test_the_hparams_tab_lists_the_command_lines_keys_first():
         choices={"data": "mnist", "model": "stn"},
         hparams={"data": {"batch_size": 64, "train_subset": None}, "model": {"optimizer": {"lr": 0.01}}},
         overrides=["model.optimizer.lr=0.003", "seed=1", "model=cnn", "hydra.run.dir=x"],
+        run_dir="outputs/train/multiruns/2026-12-07_21-00-00/3_model.optimizer.lr=0.003",
     )
-    assert list(logger.hparams)[:2] == ["model.optimizer.lr", "seed"]
+    assert list(logger.hparams)[:3] == ["run", "model.optimizer.lr", "seed"]
+    assert logger.hparams["run"] == "3_model.optimizer.lr=0.003"
     assert logger.hparams["model.optimizer.lr"] == 0.003 and logger.hparams["data"] == "mnist"
     assert "hydra.run.dir" not in logger.hparams and "data.train_subset" not in logger.hparams

@@ -156,11 +156,11 @@ def test_a_sweep_without_the_sweeps_extra_names_it(monkeypatch: pytest.MonkeyPat
         check_sweep_packages(cfg)
 
 
-def _hparams_session(run_dir: Path) -> tuple[set[str], set[str]]:
-    """The hparam names and metric tags of the HParams tab in a run's TensorBoard events."""
+def _hparams_session(run_dir: Path) -> tuple[dict[str, object], set[str]]:
+    """The hparams (name: value) and metric tags of the HParams tab in a run's TensorBoard events."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    hparams, metrics = set(), set()
+    hparams, metrics = {}, set()
     for events in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
         accumulator = EventAccumulator(str(events))
         accumulator.Reload()
@@ -171,7 +171,8 @@ def _hparams_session(run_dir: Path) -> tuple[set[str], set[str]]:
         for content in contents:
             data = plugin_data_pb2.HParamsPluginData.FromString(content)
             if data.HasField("session_start_info"):
-                hparams |= set(data.session_start_info.hparams)
+                for name, value in data.session_start_info.hparams.items():
+                    hparams[name] = value.string_value or value.number_value
             if data.HasField("experiment"):
                 metrics |= {m.name.tag for m in data.experiment.metric_infos}
         metrics |= {tag for tag in accumulator.Tags()["scalars"] if tag.startswith("hp/")}
@@ -191,7 +192,8 @@ def test_joblib_runs_jobs_in_parallel_with_their_share_of_the_cores(tmp_path: Pa
         assert f"torch threads: {threads}" in (job / "train.log").read_text()
         # TensorBoard's HParams tab: the swept key is a column, the final metrics are its metrics
         hparams, metrics = _hparams_session(job)
-        assert {"model.optimizer.lr", "model.localization.depth", "data.batch_size", "model"} <= hparams
+        assert {"model.optimizer.lr", "model.localization.depth", "data.batch_size", "model"} <= set(hparams)
+        assert hparams["run"] == job.name  # trials told apart: the job folder's name, not the sweep's path
         assert {"hp/val/acc_best", "hp/test/acc"} <= metrics
 
 
@@ -300,3 +302,21 @@ def test_a_joblib_sweep_prints_no_schema_warning(tmp_path: Path, mnist_dir: Path
     )  # fmt: skip
     assert len(jobs) == 2
     assert "ConfigStore schema" not in process.stderr + process.stdout
+
+
+def test_submitits_sacct_warning_shows_once_a_sweep(caplog: pytest.LogCaptureFixture):
+    """A cluster without accounting (make slurm-up's) makes submitit warn at every poll."""
+    import logging
+
+    from stn.environment import quiet_known_noise
+
+    quiet_known_noise()
+    with caplog.at_level(logging.WARNING, logger="submitit"):
+        for call in range(1, 16):
+            logging.getLogger("submitit").warning(
+                f"Call #{call} - Bypassing sacct error ..., status may be inaccurate."
+            )
+        logging.getLogger("submitit").warning("Bypassing state error: something else")
+    said = [record.getMessage() for record in caplog.records]
+    assert len([line for line in said if "Bypassing sacct error" in line]) == 1
+    assert "Bypassing state error: something else" in said

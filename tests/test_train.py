@@ -26,7 +26,11 @@ def test_train_in_process_returns_metrics(cfg_train):
 @pytest.mark.slow
 def test_train_subprocess_ends_with_checkpoint_metrics_and_events(tmp_path: Path, mnist_dir: Path):
     run_dir = tmp_path / "run"
-    run("stn.train", *SMALL, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", data_dir=mnist_dir)
+    process = run("stn.train", *SMALL, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", data_dir=mnist_dir)
+    console = process.stdout + process.stderr
+    # Lightning's lines once each (its own console handler and Hydra's would show each twice)
+    assert console.count("Seed set to 0") == 1 and console.count("GPU available: ") == 1
+    assert (run_dir / "train.log").read_text().count("Seed set to 0") == 1
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "checkpoints").glob("epoch_*.ckpt"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -86,11 +90,10 @@ def test_multirun_makes_one_folder_per_job_and_survives_a_failing_job(tmp_path: 
     process, jobs = multirun(
         *SMALL, "model.localization.depth=1,2,9", sweep=sweep_dir, data_dir=mnist_dir, check=False
     )
-    # each job's folder is named by its number and overrides, as a run folder is
-    assert [job.name.split("_")[0] for job in jobs] == ["0", "1", "2"]
-    assert all(
-        f"model.localization.depth={depth}" in job.name for job, depth in zip(jobs, (1, 2, 9), strict=True)
-    )
+    # each job's folder is named by its number and the key the sweep varies (not the fixed ones)
+    assert [job.name for job in jobs] == [
+        f"{n}_model.localization.depth={d}" for n, d in enumerate((1, 2, 9))
+    ]
     for job in jobs[:2]:
         assert (job / "metrics.json").is_file(), process.stderr[-3000:]
         assert (job / "checkpoints" / "last.ckpt").is_file()
@@ -98,6 +101,7 @@ def test_multirun_makes_one_folder_per_job_and_survives_a_failing_job(tmp_path: 
     # the third job is rejected at start and reported; the sweep as a whole fails
     assert process.returncode != 0
     assert "model.localization.depth=9 is out of range" in (jobs[2] / "train.log").read_text()
+    assert not (jobs[2] / "config_tree.log").exists()  # refused before the config tree is printed
     assert not (jobs[2] / "metrics.json").exists()
 
 
@@ -294,6 +298,37 @@ def test_a_run_is_named_by_its_choices_and_overrides():
     )
     assert run_label("", "", "model_name=stn_mnist") == "_model_name=stn_mnist"
     assert len(run_label("mnist", "stn", "x=" + "9" * 500)) <= 97
+    # cut between overrides, never inside one; a long float named by 4 significant digits
+    long = "model.optimizer.lr=0.003874144220579704,model.localization.depth=2," + "z" * 60 + "=1"
+    assert (
+        run_label("mnist", "stn", long) == "_mnist_stn_model.optimizer.lr=0.003874_model.localization.depth=2"
+    )
+
+
+def test_a_sweep_job_is_named_by_the_keys_the_sweep_varies():
+    from omegaconf import OmegaConf
+
+    from stn.runs.folders import job_label, leave_fixed_keys_out_of_job_names
+
+    assert job_label("data=mnist_rts,model.optimizer.lr=0.003874144220579704,optuna_trial=3,seed=1") == (
+        "_data=mnist_rts_model.optimizer.lr=0.003874_seed=1"
+    )
+    task = [
+        "seed=0,1",
+        "trainer.max_epochs=2",
+        "data=mnist_rts",
+        "+note=x",
+        "model.optimizer.lr=tag(log, interval(0.001, 0.1))",
+    ]
+    config = OmegaConf.create(
+        {"hydra": {"overrides": {"task": task, "hydra": ["hydra/launcher=joblib"]},
+                   "job": {"config": {"override_dirname": {"exclude_keys": ["old"]}}}}}
+    )  # fmt: skip
+    leave_fixed_keys_out_of_job_names(config)
+    assert list(config.hydra.overrides.hydra) == [
+        "hydra/launcher=joblib",
+        "hydra.job.config.override_dirname.exclude_keys=['old','trainer.max_epochs','data','note']",
+    ]
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -36,7 +37,9 @@ class HParamsLogger(L.Callback):
 
     The columns: the choices of the config `groups` (e.g. data and model; `choices` holds every
     group's), `hparams` (a nested mapping, flattened to dotted keys) and every key the command line
-    set (`overrides`), so a sweep's parameters are columns whatever it sweeps."""
+    set (`overrides`), so a sweep's parameters are columns whatever it sweeps. The first column is
+    `run`, the name of the run's folder (`run_dir`): TensorBoard's own trial column is the run's
+    path under the log dir, which begins `train/multiruns/<date>_<time>/` on every row of a sweep."""
 
     def __init__(
         self,
@@ -45,13 +48,15 @@ class HParamsLogger(L.Callback):
         hparams: Mapping[str, Any] | None = None,
         overrides: Sequence[str] = (),
         metrics: Sequence[str] = ("val/acc_best", "test/acc"),
+        run_dir: str | None = None,
     ) -> None:
         choices = dict(choices or {})
         shown = {group: choices[group] for group in groups if choices.get(group) is not None}
         usual = {key: value for key, value in flatten(hparams or {}).items() if value is not None}
         # the keys the command line set come first (a sweep's parameters among them): TensorBoard's
         # tab shows its columns in this order, and the choices and the config's usual keys follow
-        self.hparams = override_values(overrides, list(choices))
+        self.hparams = {"run": Path(run_dir).name} if run_dir else {}
+        self.hparams |= override_values(overrides, list(choices))
         for key, value in (shown | usual).items():
             self.hparams.setdefault(key, value)
         self.metrics = list(metrics)

@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from omegaconf import DictConfig, read_write
+
 from stn.errors import ConfigError
 from stn.runs.reading import RUN_CONFIG, split_override
 from stn.utils.files import file_lock
@@ -21,6 +23,7 @@ LOCK_FILE = ".lock"  # held (flock) while a run trains in its folder
 # choice its name already says; whole sections by prefix, single keys exactly (`data.batch_size` is named)
 UNNAMED_SECTIONS = ("hydra", "paths", "callbacks.progress_bar")
 UNNAMED_KEYS = ("ckpt_path", "data", "model", "data.data_dir", "print_config", "optuna_trial")
+GROUPS = ("data", "model")  # named by their choice in a run's name, by `data=...` in a sweep job's
 
 
 def _named(override: str) -> bool:
@@ -28,13 +31,61 @@ def _named(override: str) -> bool:
     return key not in UNNAMED_KEYS and not any(key == s or key.startswith(f"{s}.") for s in UNNAMED_SECTIONS)
 
 
+def _short_value(override: str) -> str:
+    """`key=value` with a long float cut to 4 significant digits (`lr=0.003874144` -> `lr=0.003874`):
+    a name tells runs apart; the exact value is in the run's .hydra/overrides.yaml."""
+    key, _, value = override.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        return override
+    if "." not in value and "e" not in value.lower():
+        return override  # an integer as written
+    return f"{key}={number:.4g}"
+
+
 def run_label(data: str, model: str, overrides: str, longest: int = 96) -> str:
     """The part of a run folder's name after its time: `_<data>_<model>_<overrides>`, a name a
-    file system and TensorBoard's run list take (no `/`), cut at `longest` characters."""
-    kept = [o for o in overrides.split(",") if o and _named(o)]
-    parts = [part for part in (data, model, *kept) if part]
-    label = "_".join(parts).replace("/", "-").replace(" ", "")
-    return f"_{label[:longest]}" if label else ""
+    file system and TensorBoard's run list take (no `/`), at most `longest` characters, cut between
+    overrides, never inside one (a single override longer than that is cut)."""
+    kept = [_short_value(o) for o in overrides.split(",") if o and _named(o)]
+    return _label([data, model, *kept], longest)
+
+
+def job_label(overrides: str, longest: int = 96) -> str:
+    """A sweep job's name after its number: `_<overrides>`, the keys the sweep varies (the fixed
+    ones are left out, `leave_fixed_keys_out_of_job_names`), a swept `data=`/`model=` choice too."""
+    kept = [_short_value(o) for o in overrides.split(",") if o and (_named(o) or o.split("=")[0] in GROUPS)]
+    return _label(kept, longest)
+
+
+def _label(parts: list[str], longest: int) -> str:
+    parts = [part.replace("/", "-").replace(" ", "") for part in parts if part]
+    label = parts[0][:longest] if parts else ""
+    for part in parts[1:]:
+        if len(label) + 1 + len(part) > longest:
+            break
+        label = f"{label}_{part}"
+    return f"_{label}" if label else ""
+
+
+def leave_fixed_keys_out_of_job_names(config: DictConfig) -> None:
+    """At the start of a sweep: each job's folder is named by the keys the sweep varies
+    (`3_model.optimizer.lr=0.01`), not by the settings every job shares, which would fill the
+    name and cut the swept keys off (those are in the sweep's multirun.yaml, and on its summary
+    page once). Each job's config is composed from the sweep's `hydra.overrides.hydra` and its own
+    overrides, so the fixed keys go there as `hydra.job.config.override_dirname.exclude_keys`."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    task = [str(override) for override in config.hydra.overrides.task]
+    parsed = OverridesParser.create().parse_overrides(task)
+    fixed = [override.key_or_group for override in parsed if not override.is_sweep_override()]
+    if not fixed:
+        return
+    excluded = [*config.hydra.job.config.override_dirname.exclude_keys, *fixed]
+    quoted = ",".join(f"'{key}'" for key in dict.fromkeys(excluded))
+    with read_write(config.hydra.overrides):
+        config.hydra.overrides.hydra.append(f"hydra.job.config.override_dirname.exclude_keys=[{quoted}]")
 
 
 _created: set[Path] = set()  # the run folders this process made (new_run_dir), resolved

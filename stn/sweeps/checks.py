@@ -18,6 +18,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from stn.errors import ConfigError, is_int, release_stderr
+from stn.runs.folders import leave_fixed_keys_out_of_job_names
 
 log = logging.getLogger(__name__)
 
@@ -203,6 +204,7 @@ class SweepChecks(Callback):
         except ConfigError as error:
             # a sentence, not a traceback from inside Hydra
             raise SystemExit(f"error: {error}") from None
+        leave_fixed_keys_out_of_job_names(config)
         from stn.sweeps.job_share import stop_workers_on_sigterm
 
         stop_workers_on_sigterm()
