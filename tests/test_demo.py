@@ -99,9 +99,10 @@ def test_the_page_serves_and_answers_over_http(tmp_path: Path, mnist_dir: Path):
     )  # fmt: skip
     try:
         client = _connect(Client, f"http://127.0.0.1:{port}/", server)
-        assert {"/drawing", "/upload", "/test_digit"} <= set(
-            client.view_api(return_format="dict")["named_endpoints"]
-        )
+        endpoints = client.view_api(return_format="dict")["named_endpoints"]
+        assert {"/drawing", "/upload", "/test_digit"} <= set(endpoints)
+        returns = [output["label"] for output in endpoints["/test_digit"]["returns"]]
+        assert returns[1:] == ["top 3", "details"]  # each output named, none `value_<n>`
         picture, top, details = client.predict(api_name="/test_digit")  # a cluttered 60x60 test digit
         assert Path(picture).is_file() and len(top["confidences"]) == 3 and "60x60 canvas" in details
         picture, top, _ = client.predict(handle_file(str(_seven(tmp_path / "seven.png"))), api_name="/upload")

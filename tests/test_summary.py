@@ -95,9 +95,10 @@ def test_the_paper_table_cell_is_a_t_interval_marked_against_the_paper():
     assert mean == 2.0 and half_width == pytest.approx(4.303 / math.sqrt(3))
     assert confidence_interval([0.8]) == (0.8, 0.0)
     assert cell([1.0, 1.2, 1.1], paper=0.7) == "1.10 ± 0.25 (n=3)"  # 0.85..1.35: above the paper
-    assert cell([1.0, 1.2, 1.1], paper=0.9) == f"1.10 ± 0.25 (n=3) {MATCH}"  # reaches 0.9
+    assert cell([1.0, 1.2, 1.1], paper=0.9) == "1.10 ± 0.25 (n=3)"  # reaches 0.9, but its mean is above
+    assert cell([0.9, 0.8, 0.7], paper=0.8) == f"0.80 ± 0.25 (n=3) {MATCH}"  # at the paper's
     assert cell([0.5], paper=0.7) == f"0.50 (n=1) {MATCH}"  # below it
-    assert cell([0.1, 5.0], paper=1.0) == "2.55 ± 31.13 (n=2)"  # reaches it, but resolves nothing
+    assert cell([0.1, 5.0], paper=1.0) == "2.55 ± 31.13 (n=2)"
     assert cell([0.5]) == "0.50 (n=1)" and cell([]) == ""
 
 
@@ -119,3 +120,23 @@ def test_the_paper_table_is_written_again_from_its_runs_csv(tmp_path: Path):
     assert (ROOT / "docs" / "paper" / "paper_table.md").read_text().split("\n", 2)[2] == first.split("\n", 2)[
         2
     ]
+
+
+def test_a_swept_integer_is_drawn_on_integer_ticks_and_a_step_on_a_log_axis():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from stn.sweeps.summary import draw_against
+
+    figure, (depth, lr, optimizer) = plt.subplots(1, 3)
+    draw_against(depth, "model.localization.depth", ["1", "2", "3"], [0.9, 0.95, 0.93])
+    draw_against(lr, "model.optimizer.lr", ["0.001", "0.003"], [0.9, 0.95])
+    draw_against(optimizer, "model/optimizer", ["sgd", "adam"], [0.9, 0.95])
+    figure.canvas.draw()
+    ticks = [tick for tick in depth.get_xticks() if depth.get_xlim()[0] <= tick <= depth.get_xlim()[1]]
+    assert ticks and all(float(tick).is_integer() for tick in ticks)  # no 1.2, 1.4, ...
+    assert lr.get_xscale() == "log" and depth.get_xscale() == "linear"
+    assert [label.get_text() for label in optimizer.get_xticklabels()] == ["adam", "sgd"]
+    plt.close(figure)

@@ -136,7 +136,7 @@ def page(demo: Demo, title: str) -> Any:
             with gr.Column(scale=2):
                 sheet = gr.Image(label="input (red: where the transformer looked) | what the classifier saw")
                 top = gr.Label(label="top 3", num_top_classes=3)
-                details = gr.Markdown()
+                details = gr.Markdown(label="details")  # the API names each output by its label
         outputs = [sheet, top, details]
         drawing.change(demo.from_drawing, drawing, outputs, api_name="drawing")
         upload.upload(demo.from_upload, upload, outputs, api_name="upload")

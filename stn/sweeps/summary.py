@@ -13,6 +13,7 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from stn.errors import ConfigError, UserError
 from stn.runs.reading import plain_yaml, run_folders, saved_config, split_override
@@ -190,6 +191,28 @@ def _number(value: str) -> float | None:
         return None
 
 
+def draw_against(axis: Any, key: str, values: list[str], scores: list[float]) -> None:
+    """Scores against one swept key's values on a matplotlib axis: numbers on a log axis for a step
+    size or a span over 10x, on integer ticks for integers (a depth, a batch size), else categories."""
+    from matplotlib.ticker import MaxNLocator
+
+    numbers = [_number(v) for v in values]
+    if all(n is not None for n in numbers):
+        axis.scatter(numbers, scores)
+        positive = [n for n in numbers if n > 0]
+        step_size = "lr" in key.rsplit(".", 1)[-1]
+        if len(positive) == len(numbers) and (step_size or max(positive) / min(positive) > 10):
+            axis.set_xscale("log")
+        elif all(float(n).is_integer() for n in numbers):
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+    else:
+        categories = sorted(set(values))
+        axis.scatter([categories.index(v) for v in values], scores)
+        axis.set_xticks(range(len(categories)), categories, rotation=30)
+    axis.set_xlabel(key)
+    axis.grid(alpha=0.3)
+
+
 def write_plot(jobs: list[Job], keys: list[str], metric: str, out: Path) -> Path | None:
     """The metric against each swept parameter: numbers on a (log, when they span > 10x) axis,
     anything else as categories; pruned trials are not in it (their metric is an early one)."""
@@ -203,23 +226,10 @@ def write_plot(jobs: list[Job], keys: list[str], metric: str, out: Path) -> Path
 
     figure, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5), squeeze=False)
     for axis, key in zip(axes[0], keys, strict=True):
-        values = [j.overrides.get(key, "") for j in finished]
-        scores = [j.metrics[metric] for j in finished]
-        numbers = [_number(v) for v in values]
-        if all(n is not None for n in numbers):
-            axis.scatter(numbers, scores)
-            positive = [n for n in numbers if n > 0]
-            # a learning rate reads on a log axis whatever its span; anything else past 10x
-            step_size = "lr" in key.rsplit(".", 1)[-1]
-            if len(positive) == len(numbers) and (step_size or max(positive) / min(positive) > 10):
-                axis.set_xscale("log")
-        else:
-            categories = sorted(set(values))
-            axis.scatter([categories.index(v) for v in values], scores)
-            axis.set_xticks(range(len(categories)), categories, rotation=30)
-        axis.set_xlabel(key)
+        draw_against(
+            axis, key, [j.overrides.get(key, "") for j in finished], [j.metrics[metric] for j in finished]
+        )
         axis.set_ylabel(metric)
-        axis.grid(alpha=0.3)
     figure.tight_layout()
     path = out / "summary.png"
     figure.savefig(path, dpi=100)
