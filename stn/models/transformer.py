@@ -47,11 +47,16 @@ class WarpingTransformer(nn.Module):
         pad_with_background: bool = True,
         input_mean: float = 0.0,
         input_std: float = 1.0,
+        identity: torch.Tensor | None = None,
     ) -> None:
+        """`identity`: the flat parameters the head starts at, for a subclass whose `identity()` reads
+        its own arguments (set after this returns); `self.identity()` otherwise."""
         super().__init__()
         check(self, integers(1).or_null(), output_size=output_size)
         self.localization = localization
-        self.head = identity_head(localization.out_features, self.identity())
+        self.head = identity_head(
+            localization.out_features, self.identity() if identity is None else identity
+        )
         self.align_corners = align_corners
         self.fill_value = -input_mean / input_std if pad_with_background else 0.0
         self.output_size = (output_size, output_size) if output_size is not None else None  # (H, W)
@@ -140,8 +145,9 @@ class ProjectiveTransformer(_NormalisedGridTransformer):
     """
 
     def __init__(self, localization: nn.Module, perspective_scale: float = 0.1, **kwargs) -> None:
-        self.perspective_scale = check(self, numbers(above=0), perspective_scale=perspective_scale)
+        check(self, numbers(above=0), perspective_scale=perspective_scale)
         super().__init__(localization, **kwargs)
+        self.perspective_scale = perspective_scale
 
     def identity(self) -> torch.Tensor:
         return torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0])
@@ -171,10 +177,10 @@ class ThinPlateSplineTransformer(_NormalisedGridTransformer):
     where each control point samples the input, (N, K, 2), starting at the points themselves."""
 
     def __init__(self, localization: nn.Module, points_per_side: int = 4, **kwargs) -> None:
-        # identity() needs it while the base class builds
-        self.points_per_side = check(self, integers(2), points_per_side=points_per_side)
-        super().__init__(localization, **kwargs)
+        check(self, integers(2), points_per_side=points_per_side)
         control = control_grid(points_per_side)  # (K, 2)
+        super().__init__(localization, identity=control.flatten(), **kwargs)
+        self.points_per_side = points_per_side
         self.register_buffer("control", control, persistent=False)
         # the spline's linear system depends on the control points only: invert it once
         self.register_buffer("system_inverse", torch.linalg.inv(tps_system(control)), persistent=False)
@@ -199,8 +205,9 @@ class _InverseCompositional:
     transformer's, and at initialisation every update is the identity, so the whole is too."""
 
     def __init__(self, localization: nn.Module, recurrences: int = 4, **kwargs) -> None:
-        self.recurrences = check(self, integers(1), recurrences=recurrences)
+        check(self, integers(1), recurrences=recurrences)
         super().__init__(localization, **kwargs)
+        self.recurrences = recurrences
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         matrix = torch.eye(3, device=images.device).expand(images.shape[0], 3, 3)  # (N, 3, 3)
