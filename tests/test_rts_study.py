@@ -76,3 +76,23 @@ def test_p_slivers_scores_the_runs_own_test_set(tmp_path: Path, mnist_dir: Path)
     assert wrong.shape == ink_left.shape == (256,)
     assert wrong.float().mean().item() == pytest.approx(1 - metrics["test/acc"], abs=1e-6)
     assert 0 < ink_left.min() and ink_left.median() > 0.5  # most digits keep most of their ink
+
+
+def test_table_1_takes_only_recipes_chosen_on_validation_and_marks_a_mean_at_the_paper(tmp_path: Path):
+    table = write_study(tmp_path / "study.csv")  # rows of before the column: chosen on test
+    validation = [("RTS", "paper_stn", "model.optimizer.lr=0.0007", seed, 16, error, 700.0)
+                  for seed, error in ((0, 0.5), (1, 0.4), (2, 0.6))]  # fmt: skip
+    lines = table.read_text().splitlines()
+    lines += [",".join(map(str, row)) + ",1,python -m stn.train ...,no,validation" for row in validation]
+    table.write_text("\n".join(lines) + "\n")
+    rts_study.main(["report", "--csv", str(table), "--out", str(tmp_path / "out")])
+    text = (tmp_path / "out" / "rts_study.md").read_text()
+    chosen, history = text.split("## Table 1 before the validation searches")
+    stn_row = next(line for line in chosen.splitlines() if line.startswith("| ST-CNN Aff (paper's shape) |"))
+    assert "0.50 ± 0.25 (n=3) ✓, 16 ep" in stn_row  # mean at the paper's 0.5: marked
+    assert "the best of its column's validation search" in stn_row
+    assert "CNN (paper's shape) |" not in chosen.split("Published")[0]  # its rows were chosen on test
+    assert "RTS ST-CNN Aff (paper's shape) <= 0.6%: 0.50% (n=3, 16 epochs): met" in chosen
+    assert "4.50 ± 0.19 (n=2), 8 ep" in history  # the earlier cells stay, as history
+    published = chosen.split("Published, not measured here")[1]
+    assert "| STN of Esteves et al. (ICLR 2018), ~150k parameters | 0.54 |" in published
