@@ -23,7 +23,6 @@ from stn.paths import ROOT
 
 from .conftest import TINY, assert_one_sentence_error, cli_command, cli_env, jobs_of, multirun, run
 
-
 OWN_CONFIG = ROOT / ".slurm" / "slurm.conf"  # written by tools/slurm.sh up
 
 
@@ -231,13 +230,15 @@ def _slurm_script(clone: Path, command: str, link: Path, **env: str) -> subproce
 
 def _partition_answers(config: Path) -> bool:
     env = {**os.environ, "SLURM_CONF": str(config)}
-    answer = subprocess.run(["sinfo", "-h", "-p", "debug", "-o", "%T"], capture_output=True, text=True, env=env,
-                            timeout=20)  # fmt: skip
+    command = ["sinfo", "-h", "-p", "debug", "-o", "%T"]
+    answer = subprocess.run(command, capture_output=True, text=True, env=env, timeout=20)
     return answer.returncode == 0 and answer.stdout.strip() in {"idle", "mixed", "allocated"}
 
 
 def _daemons_of(config: Path) -> list[str]:
-    listing = subprocess.run(["pgrep", "-a", "-f", f"slurm.* -f {config}"], capture_output=True, text=True).stdout
+    listing = subprocess.run(
+        ["pgrep", "-a", "-f", f"slurm.* -f {config}"], capture_output=True, text=True
+    ).stdout
     return listing.splitlines()
 
 
@@ -277,7 +278,9 @@ def test_a_link_to_a_live_cluster_is_left_and_a_held_port_is_named(tmp_path: Pat
         holder.listen()
         port = holder.getsockname()[1]
         refused = _slurm_script(clone, "up", link, STN_SLURM_PORT=str(port))
-    assert_one_sentence_error(refused, f"error: port {port} (STN_SLURM_PORT={port} and the next) is held by python")
+    assert_one_sentence_error(
+        refused, f"error: port {port} (STN_SLURM_PORT={port} and the next) is held by python"
+    )
     assert len(refused.stderr.strip().splitlines()) == 1
     assert link.resolve() == other  # another cluster's link is never taken
     try:
