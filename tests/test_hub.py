@@ -38,6 +38,18 @@ def test_a_hub_model_classifies_real_digits_from_raw_pixels(mnist_dir: Path):
     assert accuracy > 0.97
     seen, theta = model.transform(pixels[:4])
     assert seen.shape == (4, 1, 28, 28) and theta.shape == (4, 2, 3)
+    # what it cannot answer is said, never answered wrongly or failed deep inside
+    eight_bit = datamodule.test_set.images[:4]  # uint8 0..255
+    with pytest.raises(ValueError, match=r"got torch.uint8: divide 8-bit pixels by 255 first"):
+        model(eight_bit)
+    with pytest.raises(ValueError, match=r"these pixels span 0..255: divide 8-bit pixels by 255 first"):
+        model(eight_bit.float())
+    with pytest.raises(ValueError, match=r"these pixels span -0.5..0.5$"):
+        model(pixels[:4] - 0.5)
+    with pytest.raises(ValueError, match=r"its canvas is 28x28\); got shape \(4, 1, 42, 42\)"):
+        model(torch.zeros(4, 1, 42, 42))
+    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\) float pixels .*; got shape \(28, 28\)"):
+        model.transform(torch.zeros(28, 28))
 
 
 def test_a_changed_zoo_file_is_refused_through_the_hub(tmp_path: Path):

@@ -61,7 +61,7 @@ class PixelsToPrediction(PixelClassifier):
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.raw:
             pixels = pixels.to(torch.float32) / 255
-        seen, theta = self.transform(pixels)
+        seen, theta = self.network.transform(self.normalise(pixels))  # no value checks in the exported graph
         logits = self.network.classifier(seen)
         if theta is None:  # the CNN baseline
             return (logits,)
