@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from PIL import Image
 
 from stn.errors import ConfigError, UserError
 from stn.loading import sha256, zoo_model
@@ -273,3 +274,57 @@ def test_a_sweep_jobs_log_or_picture_that_is_not_a_file_does_not_hang_the_summar
         assert summarize([str(sweep)]) == 0
     page = (sweep / "summary.html").read_text()
     assert "job 0 transform history" not in page and "job 1: failed" in page  # left out, not waited on
+
+
+def test_a_phone_photo_is_read_turned_as_its_exif_says(tmp_path: Path):
+    """A phone stores the sensor's pixels and an EXIF orientation; a viewer (and the user) sees them
+    turned. Here the stored image is 30 wide and 10 high, ink on its left end; orientation 6 says
+    "turn 90 degrees clockwise to show", so the digit is seen 10 wide and 30 high, ink at the top."""
+    from stn.data.images import read_grey
+
+    stored = Image.new("L", (30, 10), 255)
+    stored.paste(0, (0, 0, 10, 10))  # the ink: the stored image's left third
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    stored.save(tmp_path / "photo.jpg", exif=exif.tobytes(), quality=95)
+    grey = read_grey(tmp_path / "photo.jpg")
+    assert grey.shape == (30, 10)
+    assert grey[:10].mean() < 0.1 and grey[20:].mean() > 0.9  # the ink on top, as shown
+
+
+def test_an_input_image_that_is_a_fifo_or_a_loop_of_links_is_one_sentence_at_once(tmp_path: Path):
+    from stn.data.images import ImageError, read_grey
+
+    fifo = tmp_path / "digit.png"
+    os.mkfifo(fifo)
+    fifo_refused = r"digit.png is a FIFO \(named pipe\), not a regular file"
+    with within(10), pytest.raises(ImageError, match=fifo_refused):
+        read_grey(fifo)
+    (tmp_path / "a.png").symlink_to(tmp_path / "b.png")
+    (tmp_path / "b.png").symlink_to(tmp_path / "a.png")
+    with pytest.raises(ImageError, match=r"a.png is a link that leads back to itself \(a loop of links\)"):
+        read_grey(tmp_path / "a.png")
+
+
+def test_a_checkpoint_with_a_flipped_bit_in_a_weight_is_refused(finished_run: Path, tmp_path: Path):
+    import struct
+    import zipfile
+
+    from stn.utils.checkpoints import read_checkpoint
+
+    damaged = tmp_path / "last.ckpt"
+    shutil.copy(finished_run / "checkpoints" / "last.ckpt", damaged)
+    read_checkpoint(damaged)  # whole: read
+    with zipfile.ZipFile(damaged) as archive:
+        weights = max(archive.infolist(), key=lambda entry: entry.file_size)  # the largest tensor's bytes
+    data = bytearray(damaged.read_bytes())
+    name_length, extra_length = struct.unpack(
+        "<HH", data[weights.header_offset + 26 : weights.header_offset + 30]
+    )
+    inside = weights.header_offset + 30 + name_length + extra_length + weights.file_size // 2
+    data[inside] ^= 0x01  # one bit of one weight: torch.load alone reads it without a word
+    damaged.write_bytes(bytes(data))
+    entry = weights.filename.split("/")[-1]
+    refused = rf"last.ckpt cannot be read as a checkpoint \(its part .*{entry} fails its CRC-32"
+    with pytest.raises(UserError, match=refused):
+        read_checkpoint(damaged)

@@ -13,6 +13,7 @@ were before they were moved.
 
 from __future__ import annotations
 
+import errno
 import os
 import warnings
 from dataclasses import dataclass
@@ -22,7 +23,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from stn.data.prepare_canvas import grey_levels, place
-from stn.errors import UserError, first_line
+from stn.errors import ConfigError, UserError, first_line
+from stn.utils.files import check_regular
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -31,10 +33,30 @@ class ImageError(UserError):
     """An image that cannot be read or holds no digit."""
 
 
+MAX_IMAGE_BYTES = 256 << 20  # far beyond a photo; PIL's pixel limit guards what it decodes to
+
+
+def _check_file(path: Path) -> None:
+    """ImageError unless `path` is a regular file: a FIFO would block PIL's open, a dangling link
+    or a link loop is named as what it is."""
+    if path.is_symlink():
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            raise ImageError(f"{path} is a link to {os.readlink(path)}, which does not exist") from None
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise ImageError(f"{path} is a link that leads back to itself (a loop of links)") from None
+    try:
+        check_regular(path, MAX_IMAGE_BYTES)
+    except ConfigError as error:
+        raise ImageError(str(error)) from None
+
+
 def read_grey(path: Path) -> torch.Tensor:
-    """(H, W) float grey levels in [0, 1]; transparency is composited onto white paper."""
-    if path.is_symlink() and not path.exists():
-        raise ImageError(f"{path} is a link to {os.readlink(path)}, which does not exist")
+    """(H, W) float grey levels in [0, 1], as an image viewer shows the file (a phone photo's
+    pixels turned as its EXIF orientation says); transparency is composited onto white paper."""
+    _check_file(path)
     try:
         with warnings.catch_warnings():  # PIL warns, then refuses, on images past its pixel limit
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -16,7 +16,7 @@ fitted to the border) taken out and the ink stretched, cropped to the ink, the l
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 DIGIT_BOX = 20  # MNIST's box for the digit's longer side
 MNIST_SIZE = 28
@@ -25,9 +25,11 @@ WORKING_SIDE = 512  # larger images are scaled down first
 
 
 def grey_levels(image: Image.Image) -> np.ndarray:
-    """(H, W) float32 grey levels in [0, 1] of an image in any mode, transparency composited onto
-    white paper: 8-bit, 16- and 32-bit integers and floats (a scientific TIFF) are scaled by their
-    own range rather than clipped to 0 or 255."""
+    """(H, W) float32 grey levels in [0, 1] of an image in any mode, as a viewer shows it (a phone
+    photo's pixels are stored turned, its EXIF orientation says how to show them), transparency
+    composited onto white paper: 8-bit, 16- and 32-bit integers and floats (a scientific TIFF) are
+    scaled by their own range rather than clipped to 0 or 255."""
+    image = ImageOps.exif_transpose(image)
     if image.mode in ("RGBA", "LA", "P"):
         image = image.convert("RGBA")
         paper = Image.new("RGBA", image.size, (255, 255, 255, 255))

@@ -4,6 +4,7 @@ never half a file under its final name."""
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,12 @@ def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
         raise UserError(
             f"{checkpoint} cannot be read as a checkpoint ({str(error).removeprefix(f'{checkpoint} ')})"
         ) from None
+    damaged = _damaged_entry(checkpoint)
+    if damaged:
+        raise UserError(
+            f"{checkpoint} cannot be read as a checkpoint (its part {damaged} fails its CRC-32 checksum: "
+            "the file changed after it was written)"
+        )
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if not isinstance(state, dict) or "state_dict" not in state:
@@ -36,6 +43,16 @@ def read_checkpoint(checkpoint: Path) -> dict[str, Any]:
             first = "it holds objects other than tensors and plain values, which are not loaded"
         raise UserError(f"{checkpoint} cannot be read as a checkpoint ({first[:200]})") from None
     return state
+
+
+def _damaged_entry(checkpoint: Path) -> str | None:
+    """The first entry of a checkpoint's zip archive whose bytes fail their CRC-32, or None. torch.load
+    reads the tensors' bytes without checking them, so a flipped bit in a weight would be trained on."""
+    try:
+        with zipfile.ZipFile(checkpoint) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError):
+        return None  # not a zip archive (or a truncated one): torch.load says what it is
 
 
 class CheckpointNotSaved(UserError):
