@@ -443,3 +443,32 @@ def test_a_relative_export_file_goes_where_the_user_names_it(tmp_path: Path, mni
     assert not (tmp_path / "stn.json").exists() and not (tmp_path / "prepare_canvas.py").exists()
     with pytest.raises(ConfigError, match="stn.pt already exists"):  # never replaced unasked
         export(_export_cfg(tmp_path / "again", mnist_dir, "output_file=stn.pt", "format=torchscript"))
+
+
+def test_a_stopped_prediction_keeps_every_row_it_made(tmp_path: Path, mnist_dir: Path, monkeypatch):
+    from torchvision.datasets import MNIST
+
+    import stn.inference.predict as predicting
+
+    digits = MNIST(mnist_dir, train=False, download=True)
+    inputs = tmp_path / "in"
+    for index in range(4):
+        _digit_png(inputs / f"{index}.png", digits[index][0])
+    made = []
+    real = predicting.predict_image
+
+    def stopped_at_the_third(*args, **kwargs):
+        if len(made) == 2:
+            raise KeyboardInterrupt  # Ctrl-C, or a stop, while the third image is predicted
+        made.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predicting, "predict_image", stopped_at_the_third)
+    cfg = compose_config("predict.yaml", ["model_name=stn_mnist", f"inputs={inputs}"])
+    cfg.paths.output_dir = str(tmp_path / "run")
+    with pytest.raises(KeyboardInterrupt):
+        predict(cfg)
+    rows = list(csv.DictReader((tmp_path / "run" / "predictions.partial.csv").open()))
+    assert [Path(row["file"]).name for row in rows] == ["0.png", "1.png"]
+    assert [int(row["prediction"]) for row in rows] == [digits[0][1], digits[1][1]]
+    assert not (tmp_path / "run" / "predictions.csv").exists()  # a whole set only under the final name

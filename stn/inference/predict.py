@@ -173,6 +173,23 @@ def _invert_option(value: Any) -> bool | None:
     return check_value("invert", value, Allowed(lambda v: isinstance(v, bool), "auto | true | false"))
 
 
+def _csv_row(r: dict[str, Any], top_k: int) -> dict[str, Any]:
+    """One image's row of predictions.csv (an unreadable image: its file and error)."""
+    return {
+        "file": r["file"],
+        "prediction": r.get("prediction", ""),
+        "probability": r.get("probability", ""),
+        f"top{top_k}": " ".join(f"{i}:{p:.4f}" for i, p in r.get("top", [])),
+        "theta": " ".join(f"{v:.5f}" for v in r.get("theta", [])),
+        "region": " ".join(f"{x:.2f} {y:.2f}" for x, y in r.get("region", [])),
+        "inverted": r.get("inverted", ""),
+        "picture": r.get("picture", ""),
+        "input": r.get("input", ""),
+        "crop": r.get("crop", ""),
+        "error": r["error"],
+    }
+
+
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     invert = _invert_option(cfg.get("invert", "auto"))
     top_k = check_value("top_k", cfg.get("top_k", 3), integers(1))
@@ -186,36 +203,30 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     names = picture_names(files)
-    for path in files:
+    # each image's row is written as it comes, so a stopped run keeps every prediction made so far
+    # (predictions.partial.csv); the whole set is renamed to predictions.csv when the last is done
+    partial = out_dir / "predictions.partial.csv"
+    with partial.open("w", newline="") as table:
+        table.write(csv_text([list(_csv_row({"file": "", "error": ""}, top_k))]))
         try:
-            result = predict_image(model, path, invert, top_k, out_dir, names[path])
-            log.info("%s: %d (%.1f%%)", path, result["prediction"], 100 * result["probability"])
-        except ImageError as error:
-            log.warning("%s: %s", path, error)
-            result = {"file": str(path), "error": str(error)}
-        results.append(result)
+            for path in files:
+                try:
+                    result = predict_image(model, path, invert, top_k, out_dir, names[path])
+                    log.info("%s: %d (%.1f%%)", path, result["prediction"], 100 * result["probability"])
+                except ImageError as error:
+                    log.warning("%s: %s", path, error)
+                    result = {"file": str(path), "error": str(error)}
+                results.append(result)
+                table.write(csv_text([list(_csv_row(result, top_k).values())]))
+                table.flush()
+        except BaseException:
+            done = f"{len(results)} of {len(files)}"
+            log.warning("stopped after %s images; their predictions are in %s", done, partial)
+            raise
     write_atomically(
         out_dir / "predictions.json", json.dumps({"model": model.name, "predictions": results}, indent=2)
     )
-    rows = [
-        {
-            "file": r["file"],
-            "prediction": r.get("prediction", ""),
-            "probability": r.get("probability", ""),
-            f"top{top_k}": " ".join(f"{i}:{p:.4f}" for i, p in r.get("top", [])),
-            "theta": " ".join(f"{v:.5f}" for v in r.get("theta", [])),
-            "region": " ".join(f"{x:.2f} {y:.2f}" for x, y in r.get("region", [])),
-            "inverted": r.get("inverted", ""),
-            "picture": r.get("picture", ""),
-            "input": r.get("input", ""),
-            "crop": r.get("crop", ""),
-            "error": r["error"],
-        }
-        for r in results
-    ]
-    write_atomically(
-        out_dir / "predictions.csv", csv_text([list(rows[0]), *(list(row.values()) for row in rows)])
-    )
+    os.replace(partial, out_dir / "predictions.csv")
     done = sum(1 for r in results if not r["error"])
     log.info("%d of %d images predicted; results in %s", done, len(results), out_dir / "predictions.csv")
     if not done:

@@ -51,6 +51,7 @@ MAY_DIFFER = (
     "trainer.devices",
     "hydra.",
     "callbacks.hparams.overrides",
+    "callbacks.hparams.run_dir",  # the HParams tab's name for the run: its folder
 )
 
 
