@@ -74,6 +74,12 @@ def test_a_bad_upload_gets_a_sentence_on_the_page(rts_demo: Demo, tmp_path: Path
     assert str(tmp_path) not in details  # the server's upload folder is not shown
 
 
+def test_the_page_deletes_what_it_was_given_after_a_while(rts_demo: Demo):
+    from stn.inference.demo import UPLOADS_KEPT_S, page
+
+    assert page(rts_demo, "t").delete_cache == (60, UPLOADS_KEPT_S)  # every minute, older than 10 minutes
+
+
 def test_an_empty_drawing_gets_a_sentence_on_the_page(rts_demo: Demo):
     blank = np.zeros((280, 280, 4), dtype=np.uint8)  # a transparent sheet
     for drawing in ({"background": None, "layers": [], "composite": blank}, {"composite": None}, None):

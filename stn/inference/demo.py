@@ -109,13 +109,18 @@ class Demo:
         return shown(self.model, pixels, f"test digit {index} (a {self.last_label})")
 
 
+UPLOADS_KEPT_S = 600
+
+
 def page(demo: Demo, title: str) -> Any:
     """The Gradio page (a `gr.Blocks`); its events are also an HTTP API (/drawing, /upload, /test_digit)."""
     import gradio as gr
 
     distortion = demo.model.data_config.get("distortion") or {}
     data_name = f"MNIST, {str(distortion.get('_target_', '')).rsplit('.', 1)[-1]}" if distortion else "MNIST"
-    with gr.Blocks(title=title) as blocks:
+    # uploads and drawings land in Gradio's cache: each is deleted UPLOADS_KEPT_S after it came (checked
+    # every minute), so a page left running does not keep every file it was ever given
+    with gr.Blocks(title=title, delete_cache=(60, UPLOADS_KEPT_S)) as blocks:
         gr.Markdown(
             f"## {title}\nDraw a digit, upload a photo of one, or take a test digit of the model's own "
             f"data. Left: the input on the model's {demo.model.canvas}x{demo.model.canvas} canvas, "
