@@ -60,8 +60,14 @@ def entry(config_name: str, task: Task | str) -> Callable[[], Any]:
             return _task(task)(cfg)
 
     def cli() -> Any:
-        if any(arg.replace('"', "").replace("'", "") == "hydra.run.dir=" for arg in sys.argv[1:]):
-            raise SystemExit(f"error: {EMPTY_RUN_DIR}")  # before Hydra writes its record there
+        from stn.runs.folders import run_dir_refusal
+
+        for key, _, value in (arg.partition("=") for arg in sys.argv[1:]):
+            key, value = key.lstrip("+"), value.strip().strip("'\"").strip()
+            if key == "hydra.run.dir" and not value:
+                raise SystemExit(f"error: {EMPTY_RUN_DIR}")  # before Hydra writes its record there
+            if key in ("hydra.run.dir", "hydra.sweep.dir") and (refusal := run_dir_refusal(key, value)):
+                raise SystemExit(refusal)  # before Hydra's own mkdir fails with a traceback
         from stn.environment import set_up
 
         set_up()  # the resolvers and filters, before Hydra composes

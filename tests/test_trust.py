@@ -397,16 +397,23 @@ def test_a_checkpoint_is_never_half_written(tmp_path: Path, monkeypatch):
     writer.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
     before = target.read_bytes()
 
-    def full_disk(obj, path):
-        Path(path).write_bytes(b"half a checkpoint")
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(torch, "save", full_disk)
+    # a disk that fills up mid-write: the file being written is /dev/full, which answers ENOSPC
+    (target.parent / f".{target.name}.partial").symlink_to("/dev/full")
     with pytest.raises(
         CheckpointNotSaved, match=r"\(No space left on device\); the previous epoch_001.ckpt is kept"
     ):
-        writer.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
+        writer.save_checkpoint({"state_dict": {"w": torch.zeros(100_000)}}, target)
     assert target.read_bytes() == before and sorted(p.name for p in target.parent.iterdir()) == [target.name]
+
+    def torch_refuses(obj, file):  # torch's own writer fails in its own words
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598")
+
+    monkeypatch.setattr(torch, "save", torch_refuses)
+    with pytest.raises(
+        CheckpointNotSaved, match=r"\(\[enforce fail .*\); the previous epoch_001.ckpt is kept"
+    ):
+        writer.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
 
 
 def test_a_run_writes_its_checkpoints_through_the_atomic_writer(finished_run: Path):

@@ -328,3 +328,31 @@ def test_a_checkpoint_with_a_flipped_bit_in_a_weight_is_refused(finished_run: Pa
     refused = rf"last.ckpt cannot be read as a checkpoint \(its part .*{entry} fails its CRC-32"
     with pytest.raises(UserError, match=refused):
         read_checkpoint(damaged)
+
+
+def test_a_named_run_folder_that_cannot_be_one_is_a_sentence_before_hydra_makes_it(
+    tmp_path: Path, monkeypatch
+):
+    from stn.runs.folders import run_dir_refusal
+
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    key = "hydra.run.dir"
+    said = {
+        name: run_dir_refusal(key, str(tmp_path / name))
+        for name in ("file", "file/run", "dangling", "x" * 300)
+    }
+    assert said["file"].endswith("cannot be a run folder: it is a file, not a folder")
+    assert said["file/run"].endswith(f"cannot be a run folder: {tmp_path / 'file'} is a file, not a folder")
+    assert said["dangling"].endswith(f"it is a link to {tmp_path / 'nowhere'}, which does not exist")
+    assert said["x" * 300].endswith("a name in it is 300 bytes, more than the 255 a file system takes")
+    assert run_dir_refusal(key, str(tmp_path / "new" / "run")) is None  # made by Hydra, as usual
+    assert run_dir_refusal(key, "${paths.log_dir}/x") is None  # an interpolation: Hydra's to resolve
+
+    class Full:
+        f_bavail, f_files, f_favail = 0, 100, 100
+
+    monkeypatch.setattr(os, "statvfs", lambda path: Full())
+    assert "the disk holding" in run_dir_refusal(key, str(tmp_path / "new")) and "is full" in run_dir_refusal(
+        key, str(tmp_path / "new")
+    )

@@ -6,6 +6,7 @@ What a run folder holds, and reading it back, is stn/runs/reading.py.
 
 from __future__ import annotations
 
+import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -115,6 +116,35 @@ def new_run_dir(path: str) -> str:
             candidate = Path(f"{path}_{suffix}")
         except OSError as error:  # resolved while Hydra composes: a sentence, not its traceback
             raise SystemExit(_cannot_create(candidate, error.strerror or str(error))) from None
+
+
+def run_dir_refusal(key: str, value: str) -> str | None:
+    """The sentence for a folder named on the command line (`hydra.run.dir=`, `hydra.sweep.dir=`)
+    that cannot become a run folder, or None: checked before Hydra makes it, whose own mkdir and
+    log file would otherwise fail with a traceback. A value with an interpolation is left to Hydra."""
+    if "${" in value or not value.strip():
+        return None
+    folder = Path(value).expanduser()
+    too_long = [part for part in folder.parts if len(part.encode()) > 255]
+    if too_long:
+        why = f"a name in it is {len(too_long[0].encode())} bytes, more than the 255 a file system takes"
+    elif folder.is_symlink() and not folder.exists():
+        why = f"it is a link to {os.readlink(folder)}, which does not exist"
+    elif folder.exists() and not folder.is_dir():
+        why = "it is a file, not a folder"
+    else:
+        existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+        if not existing.is_dir():
+            why = f"{existing} is a file, not a folder"
+        elif not os.access(existing, os.W_OK):
+            why = f"{existing} is not writable"
+        else:
+            space = os.statvfs(existing)
+            if space.f_bavail == 0 or (space.f_files and space.f_favail == 0):
+                why = f"the disk holding {existing} is full (no free space or no free inodes)"
+            else:
+                return None
+    return f"error: {key}={value} cannot be a run folder: {why}"
 
 
 def _cannot_create(folder: Path, why: str) -> str:

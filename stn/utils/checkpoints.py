@@ -70,14 +70,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         partial = target.with_name(f".{target.name}.partial")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(checkpoint, partial)
+            # through a file of ours: a full disk is then an OSError with its errno (torch's own writer,
+            # given a path, says only "unexpected pos ..."), and anything else it raises is caught too
+            with open(partial, "wb") as file:
+                torch.save(checkpoint, file)
             os.replace(partial, target)
-        except OSError as error:
+        except (OSError, RuntimeError) as error:
             partial.unlink(missing_ok=True)
             kept = (
                 f"the previous {target.name} is kept" if target.exists() else f"no {target.name} was written"
             )
             raise CheckpointNotSaved(
-                f"{target} could not be written ({error.strerror or error}); {kept}. Free space, then "
+                f"{target} could not be written ({getattr(error, 'strerror', None) or first_line(error)}); "
+                f"{kept}. Free space, then "
                 "resume with the same command and ckpt_path=last"
             ) from None
