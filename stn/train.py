@@ -10,15 +10,13 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig
 
 from stn.entry import entry
-from stn.errors import RunInterrupted, in_multirun
+from stn.errors import in_multirun
 
 if TYPE_CHECKING:  # torch and Lightning are imported where a run starts: the command line answers first
     import lightning as L
@@ -37,31 +35,21 @@ def fit_seconds(trainer: L.Trainer, this_start: float) -> float:
     return timer.time_elapsed("train") if timer is not None else this_start
 
 
-@contextmanager
-def stopped_runs_reported(trainer: L.Trainer, cfg: DictConfig, testing: bool = False) -> Iterator[None]:
-    """A run stopped by SIGTERM (a scheduler) or Ctrl-C, in any phase, ends as `RunInterrupted`:
-    one sentence that says it is incomplete and how to resume, and 128 + the signal's number as
-    its exit status. Lightning's own endings are exit 0 (SIGTERM: a SystemExit) and exit 1
-    (Ctrl-C, after "attempting graceful shutdown"), which a script would misread."""
-    from lightning.pytorch.utilities.exceptions import SIGTERMException
+def stopped_runs_reported(trainer: L.Trainer, cfg: DictConfig, testing: bool = False) -> Any:
+    """A run stopped by SIGTERM (a scheduler) or Ctrl-C, in any phase: one sentence that says it is
+    incomplete and how to resume (stn/runs/stops.py)."""
+    from stn.runs.stops import stops_reported
 
-    try:
-        yield
-    except SIGTERMException:
-        stopped = signal.SIGTERM
-    except SystemExit as exit:  # Lightning's sys.exit(1) after a KeyboardInterrupt
-        if not isinstance(exit.__context__, KeyboardInterrupt):
-            raise  # another's exit (submitit's after it requeued a timed-out job): left as it is
-        stopped = signal.SIGINT
-    else:
-        return
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
-    when = "while it tested its best checkpoint" if testing else f"in epoch {trainer.current_epoch}"
-    raise RunInterrupted(
-        f"the run was stopped ({stopped.name}) {when} and is incomplete: no metrics.json. Resume it "
-        f"from {last} with the same command and ckpt_path=last",
-        stopped,
-    ) from None
+
+    def sentence(stopped: signal.Signals) -> str:
+        when = "while it tested its best checkpoint" if testing else f"in epoch {trainer.current_epoch}"
+        return (
+            f"the run was stopped ({stopped.name}) {when} and is incomplete: no metrics.json. Resume it "
+            f"from {last} with the same command and ckpt_path=last"
+        )
+
+    return stops_reported(sentence)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:

@@ -198,7 +198,8 @@ def test_joblib_runs_jobs_in_parallel_with_their_share_of_the_cores(tmp_path: Pa
 
 
 @pytest.mark.slow
-def test_sigterm_stops_a_joblib_sweep_and_its_workers(tmp_path: Path, mnist_dir: Path):
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup_terminal_closed"])
+def test_sigterm_stops_a_joblib_sweep_and_its_workers(tmp_path: Path, mnist_dir: Path, stop: signal.Signals):
     sweep = tmp_path / "sweep"
     command = cli_command(
         "stn.train", "--multirun", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *TINY,
@@ -214,9 +215,9 @@ def test_sigterm_stops_a_joblib_sweep_and_its_workers(tmp_path: Path, mnist_dir:
         time.sleep(0.2)
     workers = descendants(parent.pid)
     assert workers
-    parent.send_signal(signal.SIGTERM)
-    assert parent.wait(timeout=30) == 128 + signal.SIGTERM
-    assert "the sweep was stopped (SIGTERM)" in parent.stderr.read().decode()
+    parent.send_signal(stop)
+    assert parent.wait(timeout=30) == 128 + stop
+    assert f"the sweep was stopped ({stop.name})" in parent.stderr.read().decode()
     time.sleep(1)
     alive = [pid for pid in workers if Path(f"/proc/{pid}").exists() and "Z" not in _state(pid)]
     assert alive == []

@@ -226,3 +226,24 @@ def test_the_summary_neutralises_formulas_html_and_row_breaks(finished_run: Path
     errors = {row["job"]: row["error"] for row in rows}
     assert "nests deeper than any metrics file" in errors["2"]
     assert "metrics that are not numbers: " in errors["3"] and "test/acc='high'" in errors["3"]
+
+
+def test_sigterm_while_stn_eval_tests_is_the_sentence_not_a_success(tmp_path: Path, mnist_dir: Path):
+    from stn.inference.evaluate import eval_task
+
+    cfg = compose_config(
+        "eval.yaml", ["model_name=stn_mnist", "data.test_subset=512", f"data.data_dir={mnist_dir}"]
+    )
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "eval")
+        cfg.trainer.enable_progress_bar = False
+        cfg.trainer.callbacks = [{"_target_": f"{__name__}.SignalOnce", "signal_number": 15, "stage": "test"}]
+    try:
+        with pytest.raises(
+            RunInterrupted, match=r"the test of zoo model stn_mnist was stopped \(SIGTERM\)"
+        ) as stopped:
+            eval_task(cfg)
+    finally:
+        GlobalHydra.instance().clear()
+    assert stopped.value.exit_code == 143
+    assert not (tmp_path / "eval" / "metrics.json").exists()

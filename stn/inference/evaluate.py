@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from stn.errors import ConfigError
 from stn.loading import checkpoint_model, load_weights, run_config, zoo_model
 from stn.loggers import logged_metrics
+from stn.runs.stops import stops_reported
 from stn.utils.checks import check_config
 from stn.utils.files import write_atomically
 from stn.utils.instantiators import build, build_model, instantiate_group
@@ -44,7 +46,12 @@ def _test(cfg: DictConfig, model: L.LightningModule, what: str) -> dict[str, flo
     """Test `model` on the test set `cfg.data` names, log the metrics and return them."""
     datamodule = build(cfg, "data")
     trainer: L.Trainer = build(cfg, "trainer", logger=instantiate_group(cfg.get("logger")))
-    trainer.test(model, datamodule=datamodule)
+
+    def sentence(stopped: signal.Signals) -> str:
+        return f"the test of {what} was stopped ({stopped.name}): nothing was written; run the command again"
+
+    with stops_reported(sentence):
+        trainer.test(model, datamodule=datamodule)
     metrics = logged_metrics(trainer)
     log.info("Test metrics of %s:\n%s", what, json.dumps(metrics, indent=2, sort_keys=True))
     return metrics

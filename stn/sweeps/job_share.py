@@ -119,8 +119,9 @@ def descendants(pid: int) -> list[int]:
 
 
 def stop_workers_on_sigterm(grace_seconds: float = 5.0) -> None:
-    """On SIGTERM, a sweep stops its job processes (joblib's loky workers do not get the signal
-    and would go on training into the sweep folder) before it exits with 128 + 15: SIGTERM to each,
+    """On SIGTERM or SIGHUP (its terminal closed), a sweep stops its job processes (joblib's loky
+    workers do not get the signal and would go on training into the sweep folder) before it exits
+    with 128 + the signal's number: SIGTERM to each,
     so a job ends as a stopped run does, then SIGKILL to any still there after `grace_seconds`."""
 
     def stop(signum: int, frame: Any) -> None:
@@ -138,8 +139,10 @@ def stop_workers_on_sigterm(grace_seconds: float = 5.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         stopped = f"its {len(workers)} job processes were stopped too"
-        print(f"error: the sweep was stopped (SIGTERM); {stopped}", file=sys.stderr)
-        os._exit(128 + signal.SIGTERM)
+        with contextlib.suppress(OSError):  # a closed terminal (SIGHUP) has no stderr left to say it on
+            print(f"error: the sweep was stopped ({signal.Signals(signum).name}); {stopped}", file=sys.stderr)
+        os._exit(128 + signum)
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGHUP, stop)  # the terminal closed: its workers must not train on
