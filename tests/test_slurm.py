@@ -204,6 +204,12 @@ def test_ddp_across_two_slurm_tasks_is_one_run_in_one_folder(tmp_path: Path, mni
             "hydra.launcher.partition=nope is not a partition of this SLURM cluster; allowed: debug",
         ),
         (["hydra.launcher.partition=debug", "num_threads=999"], "a job asks for 999 CPUs"),
+        (["hydra.launcher.partition=debug", "hydra.launcher.mem_gb=100000"], "a job asks for 102,400,000 MB"),
+        (["hydra.launcher.partition=debug", "trainer=gpu"], "a job asks for GPUs"),
+        (
+            ["hydra.launcher.timeout_min=-5"],
+            "hydra.launcher.timeout_min=-5 is out of range: allowed integers >= 1",
+        ),
     ],
 )
 def test_a_sweep_the_cluster_cannot_run_is_one_sentence_and_writes_nothing(
@@ -292,3 +298,27 @@ def test_a_link_to_a_live_cluster_is_left_and_a_held_port_is_named(tmp_path: Pat
     finally:
         _slurm_script(clone, "down", link)
     assert link.resolve() == other
+
+
+def test_a_sweep_onto_a_drained_node_or_a_down_partition_is_one_sentence(tmp_path: Path, mnist_dir: Path):
+    node = subprocess.run(
+        ["sinfo", "-h", "-p", "debug", "-o", "%N"], capture_output=True, text=True
+    ).stdout.strip()
+    common = ["stn.train", "--multirun", "hydra/launcher=slurm", "hydra.launcher.partition=debug", "seed=0,1"]
+    try:
+        subprocess.run(
+            ["scontrol", "update", f"nodename={node}", "state=drain", "reason=disk_swap"], check=True
+        )
+        process = run(*common, f"hydra.sweep.dir={tmp_path / 'a'}", data_dir=mnist_dir, check=False)
+        assert_one_sentence_error(process, f"no node of partition debug can run a job now: {node} is drain")
+        assert "(disk_swap)" in process.stderr
+    finally:
+        subprocess.run(["scontrol", "update", f"nodename={node}", "state=resume"], check=True)
+    try:
+        subprocess.run(["scontrol", "update", "partitionname=debug", "state=down"], check=True)
+        process = run(*common, f"hydra.sweep.dir={tmp_path / 'b'}", data_dir=mnist_dir, check=False)
+        assert_one_sentence_error(process, "partition debug is down (not accepting jobs)")
+    finally:
+        subprocess.run(["scontrol", "update", "partitionname=debug", "state=up"], check=True)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert _job_ids() == []  # nothing was left pending

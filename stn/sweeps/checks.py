@@ -17,7 +17,7 @@ from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Overrid
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from stn.errors import ConfigError, is_int, release_stderr
+from stn.errors import ConfigError, check_value, integers, is_int, release_stderr
 from stn.runs.folders import leave_fixed_keys_out_of_job_names
 
 log = logging.getLogger(__name__)
@@ -165,29 +165,69 @@ def _sinfo(*fields: str) -> list[list[str]]:
     return [line.split("|") for line in answer.stdout.splitlines() if line.strip()]
 
 
+UNUSABLE_NODE_STATES = ("down", "drain", "drng", "fail", "maint", "unk", "npc", "inval", "futr", "boot")
+
+
 def check_slurm(cfg: DictConfig) -> None:
-    """Before a SLURM sweep submits anything: the cluster answers, the partition exists, and a node
-    of it has the CPUs a job asks for (else sbatch refuses each job with a traceback, or the jobs
-    wait forever)."""
+    """Before a SLURM sweep submits anything, what the cluster can be asked: it answers, the
+    partition exists and is up, a node of it is usable (not down, drained or failed) and has the
+    CPUs, memory and GPUs a job asks for, and the time limit is a time. Else sbatch refuses each
+    job with submitit's traceback, or the jobs wait in the queue forever with no word."""
     launcher = OmegaConf.select(cfg, "hydra.launcher", default=None)
     if launcher is None or launcher.get("_target_") != SLURM_LAUNCHER:
         return
-    rows = _sinfo("%R", "%c")  # partition, CPUs per node
-    partitions = {
-        partition: max(int(c.rstrip("+")) for p, c in rows if p == partition) for partition, _ in rows
-    }
+    timeout = launcher.get("timeout_min")
+    if timeout is not None:
+        check_value("hydra.launcher.timeout_min", timeout, integers(1))
+    # one row per partition and group of nodes in one state
+    fields = ("partition", "avail", "cpus", "memory", "gres", "state", "reason", "nodes")
+    rows = [
+        dict(zip(fields, row, strict=False)) for row in _sinfo("%R", "%a", "%c", "%m", "%G", "%t", "%E", "%N")
+    ]
+    partitions = sorted({row["partition"] for row in rows})
     partition = launcher.get("partition")
     if partition is not None and str(partition) not in partitions:
         raise ConfigError(
             f"hydra.launcher.partition={partition} is not a partition of this SLURM cluster; "
-            f"allowed: {' | '.join(sorted(partitions))}"
+            f"allowed: {' | '.join(partitions)}"
+        )
+    named = str(partition) if partition is not None else None
+    mine = [row for row in rows if named is None or row["partition"] == named]
+    where = f"partition {named}" if named else "this cluster"
+    if mine and all(row["avail"].lower() != "up" for row in mine):
+        raise ConfigError(
+            f"{where} is {mine[0]['avail']} (not accepting jobs): the sweep's jobs would wait in the queue "
+            "forever; choose another hydra.launcher.partition, or ask its admins to set it up"
+        )
+    usable = [row for row in mine if not row["state"].rstrip("*~#!%$@^-").startswith(UNUSABLE_NODE_STATES)]
+    if not usable:
+        states = "; ".join(
+            f"{row['nodes']} is {row['state']} ({row['reason'] or 'no reason given'})" for row in mine
+        )
+        raise ConfigError(
+            f"no node of {where} can run a job now: {states}; its jobs would wait in the queue forever "
+            "(scontrol update nodename=<node> state=resume, on a cluster of yours)"
         )
     cpus = int(launcher.get("cpus_per_task") or 1) * int(launcher.get("tasks_per_node") or 1)
-    most = partitions.get(str(partition), max(partitions.values(), default=0))
-    if cpus > most:
+    most_cpus = max(int(row["cpus"].rstrip("+")) for row in usable)
+    if cpus > most_cpus:
         raise ConfigError(
             f"a job asks for {cpus} CPUs (hydra.launcher.cpus_per_task x tasks_per_node), but the nodes of "
-            f"partition {partition} have {most}; lower num_threads (cpus_per_task follows it)"
+            f"{where} have {most_cpus}; lower num_threads (cpus_per_task follows it)"
+        )
+    memory_mb = int(float(launcher.get("mem_gb") or 0) * 1024)
+    most_memory = max(int(row["memory"].rstrip("+")) for row in usable)
+    if memory_mb > most_memory:
+        raise ConfigError(
+            f"a job asks for {memory_mb:,} MB (hydra.launcher.mem_gb={launcher.get('mem_gb')}), but the "
+            f"nodes of {where} have {most_memory:,} MB; lower hydra.launcher.mem_gb"
+        )
+    gpus = int(launcher.get("gpus_per_task") or 0) + int(launcher.get("gpus_per_node") or 0)
+    if gpus and not any("gpu" in row["gres"] for row in usable):
+        raise ConfigError(
+            f"a job asks for GPUs (hydra.launcher.gpus_per_task / gpus_per_node, trainer.accelerator), but "
+            f"the nodes of {where} have none (gres: {usable[0]['gres']}); train on CPUs there "
+            "(trainer.accelerator=cpu) or choose a GPU partition"
         )
 
 
