@@ -101,6 +101,47 @@ def test_a_slurm_sweep_waits_for_its_jobs_and_records_a_failing_one(tmp_path: Pa
     assert "--gpus-per-task" not in next((sweep / ".submitit").glob("*/*_submission.sh")).read_text()
 
 
+@pytest.mark.parametrize("end", ["scancel", "sigkill"])
+def test_a_job_the_cluster_cancels_or_kills_is_that_jobs_failure_and_the_sweep_ends(
+    tmp_path: Path, mnist_dir: Path, end: str
+):
+    """Without an accounting database submitit learns a job's end only from its result file; a
+    cancelled or killed job writes none. The sweep must learn it from the queue, record it as that
+    job's failure, report the other job, and end."""
+    sweep = tmp_path / "sweep"
+    command = cli_command(
+        "stn.train", "--multirun", *ON_SLURM, *TINY, "data.train_subset=8192", "data.batch_size=32",
+        "trainer.max_epochs=4", "seed=0,1", f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    sweeping = subprocess.Popen(command, cwd=ROOT, env=cli_env(mnist_dir), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        victim = None
+        while victim is None:
+            assert sweeping.poll() is None and time.monotonic() < deadline, "the jobs did not start"
+            listing = subprocess.run(
+                ["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True
+            ).stdout
+            running = [line.split()[0] for line in listing.splitlines() if line.endswith("RUNNING")]
+            if len(running) == 2 and len(list(sweep.glob("*/checkpoints"))) == 2:
+                victim = sorted(running)[1]  # seed=1's job
+            time.sleep(0.5)
+        if end == "scancel":
+            subprocess.run(["scancel", victim], check=True)
+        else:  # as the kernel's out-of-memory killer does: the job's processes, at once
+            subprocess.run(["scancel", "--signal=KILL", "--full", victim], check=True)
+        _, stderr = sweeping.communicate(timeout=240)
+    finally:
+        if sweeping.poll() is None:
+            sweeping.kill()
+    assert sweeping.returncode != 0
+    assert f"SLURM job {victim} ended without a result (SLURM state " in stderr
+    jobs = jobs_of(sweep)
+    assert (jobs[0] / "metrics.json").is_file() and not (jobs[1] / "metrics.json").exists()
+    assert victim not in _job_ids()
+
+
 def test_a_pruned_asynchronous_sweep_on_the_cluster(tmp_path: Path, mnist_dir: Path):
     import optuna
 

@@ -119,12 +119,13 @@ def check_sweep(cfg: DictConfig) -> None:
                 )
 
 
-SLURM_LAUNCHER = "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
+SLURM_LAUNCHER = "hydra_plugins.stn_slurm_launcher.stn_slurm_launcher.StnSlurmLauncher"
 # what each sweep plugin imports, all from the `sweeps` extra
 SWEEP_PACKAGES = {
     "hydra_plugins.stn_optuna_sweeper.": ("hydra.sweeper", "optuna"),
     "hydra_plugins.hydra_joblib_launcher.": ("hydra.launcher", "hydra_plugins.hydra_joblib_launcher"),
     "hydra_plugins.hydra_submitit_launcher.": ("hydra.launcher", "hydra_plugins.hydra_submitit_launcher"),
+    "hydra_plugins.stn_slurm_launcher.": ("hydra.launcher", "hydra_plugins.hydra_submitit_launcher"),
 }
 
 
