@@ -20,9 +20,9 @@ from torchvision.datasets import MNIST
 
 from benchmarks.machine import describe_machine
 from stn.data.mnist import DISTORTION_CHUNK
+from stn.inference.zoo import best_checkpoint
 from stn.loading import checkpoint_model
 from stn.paths import ROOT
-from stn.zoo import best_checkpoint
 
 BINS = ((0.0, 0.3), (0.3, 0.5), (0.5, float("inf")))  # ink left: slivers, squeezed, the rest
 

@@ -23,9 +23,18 @@ from collections import defaultdict
 from pathlib import Path
 
 from benchmarks.machine import describe_machine
-from stn.paper_table import MATCH, MODELS, PAPER, PAPER_COLUMNS, Run, cell, confidence_interval, find_runs
 from stn.paths import ROOT
 from stn.runs.reading import RunFolder
+from stn.sweeps.paper_table import (
+    MATCH,
+    MODELS,
+    PAPER,
+    PAPER_COLUMNS,
+    Run,
+    cell,
+    confidence_interval,
+    find_runs,
+)
 from stn.utils.files import csv_text, write_atomically
 
 

@@ -30,8 +30,8 @@ from pathlib import Path
 from benchmarks.machine import describe_machine
 from benchmarks.paper_length import error_against_length_axes, row_name
 from benchmarks.runs import train_unless_done
-from stn.paper_table import PAPER, POLAR_TRANSFORMER_STN, cell, confidence_interval
 from stn.paths import ROOT
+from stn.sweeps.paper_table import PAPER, POLAR_TRANSFORMER_STN, cell, confidence_interval
 from stn.utils.files import csv_text, file_lock, write_atomically
 
 CSV = ROOT / "docs" / "paper" / "rts_study.csv"

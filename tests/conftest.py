@@ -138,7 +138,7 @@ def write_hydra_record(cfg: DictConfig, run_dir: Path) -> None:
 def train_in_process(overrides: list[str], run_dir: Path, data_dir: Path) -> dict:
     """`python -m stn.train <overrides> hydra.run.dir=<run_dir>`, in this process: the run folder
     as the command leaves it (its `.hydra/` record, checkpoints, logs, metrics.json)."""
-    from stn.train import train
+    from stn.training import train
 
     cfg = small_run(compose_config("train.yaml", overrides), run_dir, data_dir, sizes=False)
     write_hydra_record(cfg, run_dir)

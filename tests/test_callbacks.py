@@ -123,7 +123,7 @@ def test_every_logger_and_the_rich_screens_run_offline(tmp_path: Path, mnist_dir
 
 
 def test_a_run_that_learns_nothing_says_so_once(cfg_train, caplog):
-    from stn.train import train
+    from stn.training import train
 
     cfg_train.model.optimizer.lr = 1e-30
     cfg_train.trainer.max_epochs = 2

@@ -17,9 +17,9 @@ from torchvision.datasets import MNIST
 from stn.data.images import ImageError, read_grey, to_canvas
 from stn.inference.export import PixelsToPrediction, export_onnx, export_torchscript, run_exported
 from stn.inference.predict import sampled_outline
+from stn.inference.zoo import accuracy_on_test_set
 from stn.loading import ZOO_DIR, TrainedModel, sha256, zoo_manifest, zoo_model
 from stn.utils.instantiators import build
-from stn.zoo import accuracy_on_test_set
 
 from .conftest import compose_config, run, run_rejected
 

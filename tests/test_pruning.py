@@ -22,7 +22,7 @@ from stn.errors import ConfigError
 from stn.sweeps.pruning import PrunedTrial, build_pruner
 from stn.sweeps.storage import absolute, open_storage
 from stn.sweeps.study_plots import idle_slot_seconds
-from stn.train import train, train_task
+from stn.training import train, train_task
 
 from .conftest import TINY, compose_config, jobs_of, multirun, run, small_run
 

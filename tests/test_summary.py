@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stn.paper_table import MATCH, T_975, cell, confidence_interval
 from stn.summarize import main as summarize
+from stn.sweeps.paper_table import MATCH, T_975, cell, confidence_interval
 
 from .conftest import (
     ROOT,
@@ -109,7 +109,7 @@ def test_the_t_quantiles_are_students():
 
 
 def test_the_paper_table_is_written_again_from_its_runs_csv(tmp_path: Path):
-    from stn.paper_table import RUNS_CSV, runs_from_csv, write_table
+    from stn.sweeps.paper_table import RUNS_CSV, runs_from_csv, write_table
 
     recorded = ROOT / "docs" / "paper" / RUNS_CSV
     first = write_table(runs_from_csv(recorded), tmp_path, command="x")

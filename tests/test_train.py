@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
 from stn.errors import UserError
-from stn.train import train
+from stn.training import train
 
 from .conftest import SMALL, compose_config, eval_command, multirun, run, run_rejected, small_run
 

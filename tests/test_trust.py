@@ -24,13 +24,13 @@ from stn.errors import ConfigError, RunInterrupted, UserError
 from stn.inference.evaluate import evaluate
 from stn.inference.export import export
 from stn.inference.predict import predict
+from stn.inference.zoo import add as zoo_add
 from stn.loading import checkpoint_model, sha256, zoo_manifest, zoo_model
 from stn.runs.folders import created_here, new_run_dir, run_lock
 from stn.runs.reading import RunFolder, saved_config
 from stn.runs.resume import _move_log
-from stn.train import train
+from stn.training import train
 from stn.utils.untrusted import project_targets
-from stn.zoo import add as zoo_add
 
 from .conftest import FINISHED, ROOT, compose_config, small_run, write_hydra_record
 
@@ -358,8 +358,8 @@ def test_a_float_tiff_is_read_by_its_own_range(tmp_path: Path, mnist_dir: Path):
 
 
 def test_the_summary_never_ranks_a_nan_first_and_skips_what_it_cannot_read(finished_run, tmp_path, capsys):
-    from stn.paper_table import find_runs
     from stn.summarize import main as summarize
+    from stn.sweeps.paper_table import find_runs
 
     sweep = tmp_path / "sweep"
     for job in range(4):

@@ -15,7 +15,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf, open_dict
 
 from stn.errors import ConfigError, RunInterrupted
-from stn.train import train
+from stn.training import train
 
 from .conftest import FINISHED, check_and_build, compose_config, small_run, write_hydra_record
 
