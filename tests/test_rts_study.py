@@ -96,3 +96,30 @@ def test_table_1_takes_only_recipes_chosen_on_validation_and_marks_a_mean_at_the
     assert "4.50 ± 0.19 (n=2), 8 ep" in history  # the earlier cells stay, as history
     published = chosen.split("Published, not measured here")[1]
     assert "| STN of Esteves et al. (ICLR 2018), ~150k parameters | 0.54 |" in published
+
+
+def test_the_search_report_is_written_from_the_journals_alone(tmp_path: Path, monkeypatch):
+    import optuna
+
+    from benchmarks import paper_search
+    from stn.sweeps.storage import open_storage
+
+    monkeypatch.setattr(paper_search, "SEARCHES", tmp_path)
+    study = optuna.create_study(
+        study_name="RTS", storage=open_storage(f"journal:{tmp_path / 'RTS.journal'}"), direction="maximize"
+    )
+    step = optuna.distributions.FloatDistribution(0.0005, 0.01, log=True)
+    finished = optuna.trial.create_trial(
+        params={"model.optimizer.lr": 0.001}, distributions={"model.optimizer.lr": step}, value=0.9871
+    )
+    study.add_trial(finished)
+    study.add_trial(
+        optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED, intermediate_values={0: 0.5})
+    )
+    paper_search.main(["report", "--out", str(tmp_path / "searches.md")])
+    text = (tmp_path / "searches.md").read_text()
+    assert "| RTS (RTS.journal) | 1 / 1 / 0 / 0 | 0.9871 (trial 0) | model.optimizer.lr=0.001 |" in text
+    assert "- `model.localization.depth`: `choice(1, 2)` (ST-CNN)" in text
+    command = paper_search.command("RTS_CNN")
+    assert "hparams_search=paper_search" in command and "model=paper_cnn" in command
+    assert "hparams_search=paper_search_stn" in paper_search.command("R")
