@@ -104,12 +104,16 @@ def _check_run_dir() -> None:
         raise ConfigError(EMPTY_RUN_DIR)
 
 
+# what loading a library says when the process may not have more memory (a SLURM job's limit, ulimit -v)
+OUT_OF_MEMORY = ("cannot allocate memory", "failed to map segment", "out of memory", "memoryerror")
+
+
 def check_torch_pair() -> None:
     """torch and torchvision are a matching pair: a torchvision built for another torch fails at its
     first import with a long traceback (`operator torchvision::nms does not exist`); one sentence."""
     try:
         import torchvision  # noqa: F401
-    except (RuntimeError, ImportError, AttributeError) as error:
+    except (RuntimeError, ImportError, AttributeError, MemoryError, OSError) as error:
         from importlib.metadata import PackageNotFoundError, version
 
         def installed(package: str) -> str:
@@ -119,8 +123,13 @@ def check_torch_pair() -> None:
                 return "none"
 
         first = first_line(error)
+        pair = f"torchvision {installed('torchvision')} cannot be imported beside torch {installed('torch')}"
+        if any(sign in first.lower() for sign in OUT_OF_MEMORY):
+            raise ConfigError(
+                f"{pair} ({first[:160]}): the process ran out of memory while loading them (a job's memory "
+                "limit too low: hydra.launcher.mem_gb on SLURM), not a mismatch"
+            ) from None
         raise ConfigError(
-            f"torchvision {installed('torchvision')} cannot be imported beside torch {installed('torch')} "
-            f"({first[:160]}): they are not a matching pair; install one, e.g. "
+            f"{pair} ({first[:160]}): they are not a matching pair; install one, e.g. "
             "pip install torch==2.14.1 torchvision==0.29.1 (README, Set up)"
         ) from None

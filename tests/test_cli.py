@@ -103,6 +103,15 @@ def test_a_torchvision_of_another_torch_is_one_sentence(monkeypatch):
         ConfigError, match=r"torchvision .* cannot be imported beside torch .*not a matching pair"
     ):
         check_torch_pair()
+
+    def out_of_memory(name, *args, **kwargs):  # a job whose memory limit is below what torch needs
+        if name == "torchvision":
+            raise ImportError("libtorchvision.so: failed to map segment from shared object")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", out_of_memory)
+    with pytest.raises(ConfigError, match=r"ran out of memory while loading them .*hydra.launcher.mem_gb"):
+        check_torch_pair()
     monkeypatch.setattr(builtins, "__import__", real_import)
     check_torch_pair()  # the installed pair imports
 
