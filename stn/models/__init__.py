@@ -1,6 +1,12 @@
-from torch import nn
+"""The pure-PyTorch networks: localization nets, transformers, classifiers and the STN around them."""
 
-from stn.models.classifier import ConvClassifier, FullyConnectedClassifier, PaperConvClassifier, STNClassifier
+from stn.models.classifier import (
+    ConvClassifier,
+    FullyConnectedClassifier,
+    PaperConvClassifier,
+    STNClassifier,
+    parameter_counts,
+)
 from stn.models.localization import FullyConnectedLocalization, LocalizationNet, max_depth
 from stn.models.transformer import (
     InverseCompositionalProjectiveTransformer,
@@ -10,15 +16,6 @@ from stn.models.transformer import (
     ThinPlateSplineTransformer,
     WarpingTransformer,
 )
-
-
-def parameter_counts(net: nn.Module) -> str:
-    """Trainable parameters of the classifier, the transformer and both: comparable models keep
-    these close, as the paper does."""
-    parts = {name: sum(p.numel() for p in part.parameters()) for name, part in net.named_children()}
-    parts["total"] = sum(p.numel() for p in net.parameters())
-    return ", ".join(f"{name} {count:,}" for name, count in parts.items())
-
 
 __all__ = [
     "ConvClassifier",

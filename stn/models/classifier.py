@@ -132,3 +132,11 @@ class STNClassifier(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         transformed, _ = self.transform(images)
         return self.classifier(transformed)
+
+
+def parameter_counts(net: nn.Module) -> str:
+    """Trainable parameters of the classifier, the transformer and both: comparable models keep
+    these close, as the paper does."""
+    parts = {name: sum(p.numel() for p in part.parameters()) for name, part in net.named_children()}
+    parts["total"] = sum(p.numel() for p in net.parameters())
+    return ", ".join(f"{name} {count:,}" for name, count in parts.items())
