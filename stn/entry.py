@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from stn.environment import lightning_lines_once, quiet_known_noise
 from stn.errors import ConfigError, first_line, hold_stderr, release_stderr, stderr_held, user_errors_reported
 from stn.paths import CONF_DIR
+from stn.runs.stops import stop_on_sigterm
 
 Task = Callable[[DictConfig], Any]
 
@@ -55,6 +56,7 @@ def entry(config_name: str, task: Task | str) -> Callable[[], Any]:
         release_stderr()  # Hydra composed the config: from here on, everything shows as it comes
         with user_errors_reported():
             _check_run_dir()
+            stop_on_sigterm(f"python -m stn.{cfg.get('task_name', 'train')}")
             check_torch_pair()
             lightning_lines_once()
             return _task(task)(cfg)

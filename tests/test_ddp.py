@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
 from stn.data.batching import DeviceBatches, EpochShuffle, InMemoryImages
+from stn.paths import ROOT
+from stn.utils.processes import descendants
 
-from .conftest import TINY, run
+from .conftest import TINY, cli_command, cli_env, run
 
 
 @pytest.mark.slow
@@ -37,6 +42,36 @@ def test_ddp_sim_trains_on_two_processes(tmp_path: Path, mnist_dir: Path):
         accuracy = (trained.network(images).argmax(1) == labels).float().mean().item()
     assert metrics["test/acc"] == pytest.approx(accuracy, abs=1e-6)
     assert 0.3 < accuracy < 1.0  # it learned in one small epoch, and scored the 200 images
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_ranks_start_stops_both_with_the_sentence(tmp_path: Path, mnist_dir: Path):
+    """Before Lightning holds SIGTERM (the ranks meeting, the model being built) the default would
+    kill rank 0 alone and leave rank 1 waiting for it forever."""
+    command = cli_command("stn.train", "trainer=ddp_sim", *TINY, f"hydra.run.dir={tmp_path / 'run'}")
+    main = subprocess.Popen(command, cwd=ROOT, env=cli_env(mnist_dir), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not descendants(main.pid):  # rank 1 started
+        assert main.poll() is None and time.monotonic() < deadline, "rank 1 never started"
+        time.sleep(0.05)
+    ranks = descendants(main.pid)
+    main.send_signal(signal.SIGTERM)
+    _, stderr = main.communicate(timeout=60)
+    assert main.returncode == 128 + signal.SIGTERM
+    assert (
+        "python -m stn.train was stopped (SIGTERM) before it finished" in stderr and "Traceback" not in stderr
+    )
+    time.sleep(1)
+    assert [pid for pid in ranks if _running(pid)] == []  # no rank left waiting
+
+
+def _running(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie has: its parent has not reaped it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def _dataset(count: int) -> InMemoryImages:

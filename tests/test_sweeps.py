@@ -16,7 +16,8 @@ import pytest
 from omegaconf import OmegaConf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from stn.sweeps.job_share import JobShare, concurrent_jobs, descendants, job_share
+from stn.sweeps.job_share import JobShare, concurrent_jobs, job_share
+from stn.utils.processes import descendants
 
 from .conftest import (
     ROOT,

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, open_dict
 
+from stn.utils.processes import descendants
+
 log = logging.getLogger(__name__)
 
 
@@ -98,24 +100,6 @@ def apply_job_share(cfg: DictConfig, hydra_cfg: DictConfig | None) -> JobShare:
     if share.threads is not None:
         log.info("torch threads: %d", share.threads)
     return share
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below `pid` (its children, theirs, ...), from /proc; [] where there is none."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            parents[int(stat.parent.name)] = int(fields[1])
-        except (OSError, IndexError, ValueError):
-            continue  # a process that ended meanwhile
-    found, frontier = [], [pid]
-    while frontier:
-        parent = frontier.pop()
-        children = [child for child, ppid in parents.items() if ppid == parent]
-        found += children
-        frontier += children
-    return found
 
 
 def stop_workers_on_sigterm(grace_seconds: float = 5.0) -> None:
