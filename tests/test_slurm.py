@@ -177,7 +177,7 @@ def test_a_requeued_job_goes_on_from_its_last_checkpoint_in_its_folder(tmp_path:
         process = subprocess.Popen(command, cwd=ROOT, env=cli_env(mnist_dir), stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
         deadline = time.monotonic() + 240
-        while not list(sweep.glob("0_*/checkpoints/last.ckpt")):  # in epoch 1 or later
+        while not list(sweep.glob("0*/checkpoints/last.ckpt")):  # in epoch 1 or later (job "0": no swept key)
             assert process.poll() is None and time.monotonic() < deadline, "the job ended before the requeue"
             time.sleep(0.2)
         (job,) = _job_ids()
@@ -231,8 +231,9 @@ def test_ddp_across_two_slurm_tasks_is_one_run_in_one_folder(tmp_path: Path, mni
     assert (job / "metrics.json").is_file()
     assert [p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")] == [job]
     task_logs = sorted((sweep / ".submitit").glob("*/*_log.err"))
-    assert len(task_logs) == 2  # two SLURM tasks, each its own process and log
-    texts = [log.read_text() for log in task_logs]
+    assert len(task_logs) == 2  # two SLURM tasks, each its own process and logs
+    # Lightning logs through Hydra's console handler: stdout (.out)
+    texts = [err.read_text() + err.with_suffix(".out").read_text() for err in task_logs]
     assert any("GLOBAL_RANK: 0, MEMBER: 1/2" in t for t in texts)
     assert any("GLOBAL_RANK: 1, MEMBER: 2/2" in t for t in texts)
 
