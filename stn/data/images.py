@@ -47,6 +47,8 @@ def _check_file(path: Path) -> None:
         except OSError as error:
             if error.errno == errno.ELOOP:
                 raise ImageError(f"{path} is a link that leads back to itself (a loop of links)") from None
+    elif not path.exists():
+        raise ImageError(f"cannot read {path} as an image (no such file)")
     try:
         check_regular(path, MAX_IMAGE_BYTES)
     except ConfigError as error:
