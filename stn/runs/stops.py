@@ -43,7 +43,8 @@ def stop_on_sigterm(command: str) -> None:
     """From now on in this process (its main thread), SIGTERM ends `command` with its sentence and
     143, after sending SIGTERM to every process below it. While a Lightning loop runs, Lightning's
     own handler (which calls this one after its own) stops the loop at its next batch instead, and
-    this one does nothing. DDP's other ranks (LOCAL_RANK > 0) end quietly: rank 0 says it."""
+    this one does nothing. DDP's other ranks (LOCAL_RANK > 0) end quietly: rank 0 says it. A handler
+    someone else installed first (submitit's, in a SLURM job) is left in place."""
 
     def stop(signum: int, frame: Any) -> None:
         if signal.getsignal(signal.SIGTERM) is not stop:
@@ -55,5 +56,7 @@ def stop_on_sigterm(command: str) -> None:
             os._exit(128 + signum)
         raise RunInterrupted(f"{command} was stopped (SIGTERM) before it finished; run it again", signum)
 
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, None):
+        return  # another owner's (submitit's in a SLURM job, which waits for the requeue): left to it
     with contextlib.suppress(ValueError):  # not the main thread (a sweep's thread pool): left alone
         signal.signal(signal.SIGTERM, stop)
