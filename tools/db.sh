@@ -58,6 +58,8 @@ start() {
   mkdir -p "$STATE"
   chown postgres "$STATE"
   chmod 700 "$STATE"
+  # the server runs as the postgres user, who must be able to pass through every folder above .db/
+  as_postgres test -x "$STATE" || fail "the postgres user cannot reach $STATE: a folder above it is private to its owner (mktemp -d makes one, mode 700); clone into a folder others can pass through (chmod o+x on the private one)"
   if [ ! -f "$DATA/PG_VERSION" ]; then
     as_postgres "$bin/initdb" -D "$DATA" -U postgres --auth-local=peer --auth-host=scram-sha-256 \
       >"$STATE/initdb.log" 2>&1 || fail "initdb failed; see $STATE/initdb.log"
