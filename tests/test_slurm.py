@@ -103,8 +103,9 @@ def test_a_slurm_sweep_waits_for_its_jobs_and_records_a_failing_one(tmp_path: Pa
 
 def test_a_job_the_cluster_cancels_is_that_jobs_failure_and_the_sweep_ends(tmp_path: Path, mnist_dir: Path):
     """Without an accounting database submitit learns a job's end only from its result file; a
-    cancelled job writes none (nor does one killed outright: the same path, the queue's state). The sweep must learn it from the queue, record it as that
-    job's failure, report the other job, and end."""
+    cancelled job writes none (nor does one killed outright: the same path, the queue's state). The
+    sweep must learn it from the queue, record it as that job's failure, report the other job, and
+    end."""
     sweep = tmp_path / "sweep"
     command = cli_command(
         "stn.train", "--multirun", *ON_SLURM, *TINY, "data.train_subset=8192", "data.batch_size=32",
